@@ -1,0 +1,126 @@
+# -*- coding: utf-8 -*-
+"""Checks of the settings that must agree between vLLM and Claude Code (the field notes' table).
+
+Each ``*_problem`` filter returns an empty string when the value is fine, or one message that
+names the variable, what is wrong, the symptom a user would see, and the fix. Roles collect them
+in a preflight task and fail before anything on the host changes.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+DOCUMENTATION = r"""
+name: claude_vllm
+short_description: Validation and derivation filters for the vLLM <-> Claude Code settings
+description:
+  - C(base_url_problem), C(served_model_name_problem), C(model_alias_problem),
+    C(output_tokens_problem) return an empty string for a good value, else one error message
+    naming the variable, the problem, the symptom and the fix.
+  - C(normalize_base_url) removes one trailing C(/).
+  - C(claude_max_output_tokens) sizes CLAUDE_CODE_MAX_OUTPUT_TOKENS so prompt plus output fit
+    the server's context length.
+"""
+
+# Claude Code's own default output budget (it asks for max_tokens 32000 per request).
+CLAUDE_CODE_DEFAULT_MAX_OUTPUT_TOKENS = 32000
+# Smallest output budget that still leaves Claude Code room to answer and call tools.
+MIN_USEFUL_OUTPUT_TOKENS = 4096
+MODEL_ALIASES = ("sonnet", "opus", "haiku")
+
+
+def base_url_problem(value, variable="anthropic_base_url"):
+    """Claude Code appends /v1/messages itself: the base URL must be scheme://host[:port] only."""
+    if not isinstance(value, str) or not value.strip():
+        return (f"{variable} is empty. Claude Code needs the vLLM server's root URL. "
+                f"Fix: set {variable} to e.g. http://gpu-host:8000")
+    url = value.strip()
+    if url != value:
+        return f"{variable} ({value!r}) has surrounding whitespace. Fix: remove it."
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"{variable} ({url!r}) is not a valid URL ({exc}). Fix: use http://HOST:PORT"
+    if parts.scheme not in ("http", "https"):
+        return (f"{variable} ({url!r}) must start with http:// or https://; without a scheme Claude "
+                f"Code cannot connect (API Error: Unable to connect to API). "
+                f"Fix: write it as http://HOST:PORT")
+    if not parts.hostname:
+        return f"{variable} ({url!r}) has no host. Fix: write it as {parts.scheme}://HOST:PORT"
+    if port == 0:
+        return f"{variable} ({url!r}) has port 0. Fix: use the port vLLM listens on (vllm_port)."
+    path = "" if parts.path == "/" else parts.path  # a lone trailing '/' is normalised away
+    if path or parts.query or parts.fragment:
+        root = f"{parts.scheme}://{parts.netloc}"
+        if re.search(r"/v1/?$", parts.path):
+            symptom = ("Claude Code appends /v1/messages itself, so requests go to /v1/v1/messages "
+                       "and get 404: the CLI reports \"There's an issue with the selected model\"")
+        else:
+            symptom = ("Claude Code appends /v1/messages to it, so requests go to a path vLLM does not "
+                       "serve and get 404: the CLI reports \"There's an issue with the selected model\"")
+        return f"{variable} ({url!r}) must be the server root with no path. {symptom}. Fix: set it to {root}"
+    return ""
+
+
+def normalize_base_url(value):
+    """Drop one trailing '/' (harmless, but keeps the written settings canonical)."""
+    return value[:-1] if isinstance(value, str) and value.endswith("/") and not value.endswith("//") else value
+
+
+def served_model_name_problem(value, variable="served_model_name"):
+    """The served id must be a flat, exact string both sides can agree on."""
+    if not isinstance(value, str) or value == "":
+        return (f"{variable} is empty. vLLM's --served-model-name and Claude Code's "
+                f"ANTHROPIC_DEFAULT_*_MODEL must be the same non-empty id. Fix: set it, e.g. Qwen3.5-27B")
+    if re.search(r"\s", value):
+        suggestion = re.sub(r"\s+", "-", value.strip())
+        return (f"{variable} ({value!r}) contains whitespace; the ids then never match exactly and "
+                f"Claude Code reports \"There's an issue with the selected model\". "
+                f"Fix: remove the whitespace, e.g. {suggestion}")
+    if "/" in value:
+        return (f"{variable} ({value!r}) contains '/'. Served names with '/' do not work with Claude Code "
+                f"(the notes' 'Qwen/... vs Qwen3.5-27B' mismatch: model not found, \"There's an issue with "
+                f"the selected model\"). Fix: use a flat id such as {value.rsplit('/', 1)[-1]!r}")
+    return ""
+
+
+def model_alias_problem(value, variable="claude_code_model_alias"):
+    if value in MODEL_ALIASES:
+        return ""
+    hint = ""
+    if isinstance(value, str) and value:
+        hint = (f" Putting the served id itself in \"model\" makes Claude Code validate it against "
+                f"Anthropic's catalogue: \"There's an issue with the selected model ({value})\".")
+    return (f"{variable} ({value!r}) must be one of {', '.join(MODEL_ALIASES)}.{hint} "
+            f"Fix: keep the alias (default sonnet); the served name goes in served_model_name.")
+
+
+def claude_max_output_tokens(max_model_len, prompt_reserve=25000, cap=CLAUDE_CODE_DEFAULT_MAX_OUTPUT_TOKENS):
+    """Output budget so that Claude Code's prompt plus its output fit the context length."""
+    return max(0, min(int(cap), int(max_model_len) - int(prompt_reserve)))
+
+
+def output_tokens_problem(max_model_len, prompt_reserve=25000, variable="vllm_max_model_len"):
+    budget = claude_max_output_tokens(max_model_len, prompt_reserve)
+    if budget >= MIN_USEFUL_OUTPUT_TOKENS:
+        return ""
+    needed = int(prompt_reserve) + MIN_USEFUL_OUTPUT_TOKENS
+    return (f"{variable} ({max_model_len}) leaves only {budget} output tokens after Claude Code's "
+            f"~{prompt_reserve}-token prompt; requests fail with \"API Error: 400 max_completion_tokens=... "
+            f"cannot be greater than max_model_len\". Fix: start vLLM with at least {needed} "
+            f"(--max-model-len), {int(prompt_reserve) + CLAUDE_CODE_DEFAULT_MAX_OUTPUT_TOKENS} for "
+            f"Claude Code's full 32000-token output budget.")
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "base_url_problem": base_url_problem,
+            "normalize_base_url": normalize_base_url,
+            "served_model_name_problem": served_model_name_problem,
+            "model_alias_problem": model_alias_problem,
+            "claude_max_output_tokens": claude_max_output_tokens,
+            "output_tokens_problem": output_tokens_problem,
+        }

@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""One entry point for newcomers, CI and developers.
+
+    python3 tools/fleet.py deploy [ANSIBLE-PLAYBOOK ARGS...]   set up, then run site.yml
+    python3 tools/fleet.py test [PYTEST ARGS...]               set up, then run every test
+    python3 tools/fleet.py setup [--for-tests]                 only the set-up part
+
+Standard library only: it runs before anything is installed. Each step is idempotent and
+cached, so a second run costs seconds:
+
+- a virtual environment in ``.venv`` with the pinned tool chain from ``requirements/`` for the
+  newest Python 3.11+ found on the machine (ansible-core 2.19 on 3.11, newer on 3.12+);
+- the collections Molecule needs, copied out of the ``ansible`` wheel on PyPI (no Galaxy);
+- for tests: a Docker engine (Debian's ``docker.io``, started in the background when none
+  answers) and the Debian 12 / 13 systemd base images, built with debootstrap because no
+  image registry is reachable. Images are rebuilt only when their recipe changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+VENV = REPO / ".venv"
+COLLECTIONS_DIR = REPO / "collections"
+CACHE = Path(os.environ.get("FLEET_CACHE_DIR", Path.home() / ".cache" / "claude-vllm-fleet"))
+MIN_PYTHON = (3, 11)
+
+# Base images for the Molecule scenarios: what a freshly installed Debian server looks like.
+BASE_IMAGE_PACKAGES = "systemd,systemd-sysv,python3,python3-apt,sudo,ca-certificates,iproute2,curl,gnupg"
+BASE_IMAGES = {
+    "claude-vllm-fleet/debian12-systemd": "bookworm",
+    "claude-vllm-fleet/debian13-systemd": "trixie",
+}
+HOST_EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")
+
+
+def log(message: str) -> None:
+    print(f"[fleet] {message}", flush=True)
+
+
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, **kwargs)
+
+
+def quiet_ok(cmd: list[str]) -> bool:
+    try:
+        return subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- Python + venv
+def python_version(executable: str) -> tuple[int, int] | None:
+    try:
+        out = subprocess.run(
+            [executable, "-c", "import sys, venv, ensurepip; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True, text=True, timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    major, minor = out.stdout.strip().split(".")
+    return int(major), int(minor)
+
+
+def find_python() -> tuple[str, tuple[int, int]]:
+    """Newest Python >= 3.11 with venv + ensurepip, on PATH or in pyenv's versions."""
+    candidates = {sys.executable}
+    for name in ("python3.14", "python3.13", "python3.12", "python3.11", "python3"):
+        found = shutil.which(name)
+        if found:
+            candidates.add(found)
+    pyenv_root = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
+    candidates.update(glob.glob(f"{pyenv_root}/versions/3.*/bin/python3"))
+    best: tuple[str, tuple[int, int]] | None = None
+    for candidate in sorted(candidates):
+        version = python_version(candidate)
+        if version and version >= MIN_PYTHON and (best is None or version > best[1]):
+            best = (candidate, version)
+    if best is None:
+        sys.exit("[fleet] no Python >= 3.11 with venv and ensurepip found; install python3 and python3-venv")
+    return best
+
+
+def requirements_for(version: tuple[int, int]) -> Path:
+    name = "py3.11.txt" if version < (3, 12) else "py3.12-plus.txt"
+    return REPO / "requirements" / name
+
+
+def ensure_venv() -> None:
+    python, version = find_python()
+    requirements = requirements_for(version)
+    stamp_value = f"{python} {version} " + hashlib.sha256(requirements.read_bytes()).hexdigest()
+    stamp = VENV / ".fleet-stamp"
+    if stamp.is_file() and stamp.read_text() == stamp_value:
+        return
+    log(f"creating {VENV.name} with Python {version[0]}.{version[1]} ({python}) from {requirements.name}")
+    if VENV.exists():
+        shutil.rmtree(VENV)
+    run([python, "-m", "venv", str(VENV)])
+    pip = [str(VENV / "bin" / "python"), "-m", "pip"]
+    run(pip + ["install", "--quiet", "--disable-pip-version-check", "-r", str(requirements)])
+    stamp.write_text(stamp_value)
+
+
+# --------------------------------------------------------------------------- collections
+def ensure_collections() -> None:
+    lines = [
+        line.strip() for line in (REPO / "requirements" / "collections.txt").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    source, names = lines[0], lines[1:]
+    stamp_value = " ".join(lines)
+    stamp = COLLECTIONS_DIR / ".fleet-stamp"
+    if stamp.is_file() and stamp.read_text() == stamp_value:
+        return
+    wheel_dir = CACHE / "wheels"
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    version = source.split("==", 1)[1]
+    wheels = list(wheel_dir.glob(f"ansible-{version}-*.whl"))
+    if not wheels:
+        log(f"downloading {source} from PyPI for its collections {', '.join(names)}")
+        run([str(VENV / "bin" / "python"), "-m", "pip", "download", "--quiet", "--no-deps",
+             "--disable-pip-version-check", "-d", str(wheel_dir), source])
+        wheels = list(wheel_dir.glob(f"ansible-{version}-*.whl"))
+    if COLLECTIONS_DIR.exists():
+        shutil.rmtree(COLLECTIONS_DIR)
+    prefixes = tuple("ansible_collections/" + name.replace(".", "/") + "/" for name in names)
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        members = [m for m in wheel.namelist() if m.startswith(prefixes)]
+        wheel.extractall(COLLECTIONS_DIR, members)
+    stamp.write_text(stamp_value)
+    log(f"collections ready in {COLLECTIONS_DIR.relative_to(REPO)}: {', '.join(names)}")
+
+
+# --------------------------------------------------------------------------- Docker + images
+def apt_install(*packages: str) -> None:
+    log("apt-get install " + " ".join(packages))
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run(["apt-get", "update", "-qq"], env=env)
+    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], env=env,
+        stdout=subprocess.DEVNULL)
+
+
+def ensure_docker_engine() -> None:
+    if quiet_ok(["docker", "info"]):
+        return
+    if not shutil.which("dockerd"):
+        apt_install("docker.io")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    logfile = CACHE / "dockerd.log"
+    log(f"starting dockerd in the background (log: {logfile})")
+    with open(logfile, "ab") as handle:
+        subprocess.Popen(["dockerd"], stdout=handle, stderr=handle, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if quiet_ok(["docker", "info"]):
+            return
+        time.sleep(1)
+    sys.exit(f"[fleet] dockerd did not answer within 90 s; see {logfile}")
+
+
+def image_recipe(suite: str) -> str:
+    extra_cas = sorted(HOST_EXTRA_CA_DIR.glob("*.crt")) if HOST_EXTRA_CA_DIR.is_dir() else []
+    digest = hashlib.sha256(f"v1 {suite} {BASE_IMAGE_PACKAGES}".encode())
+    for cert in extra_cas:
+        digest.update(cert.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def image_label(image: str) -> str | None:
+    out = subprocess.run(
+        ["docker", "image", "inspect", "--format", '{{ index .Config.Labels "fleet.recipe" }}', image],
+        capture_output=True, text=True,
+    )
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def ensure_base_images() -> None:
+    for name, suite in BASE_IMAGES.items():
+        image = f"{name}:latest"
+        recipe = image_recipe(suite)
+        if image_label(image) == recipe:
+            continue
+        if not shutil.which("debootstrap"):
+            apt_install("debootstrap")
+        log(f"building {image} from Debian {suite} with debootstrap (about a minute)")
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix=f"fleet-{suite}-", dir="/var/tmp") as root:
+            run(["debootstrap", "--variant=minbase", f"--include={BASE_IMAGE_PACKAGES}", suite, root],
+                stdout=subprocess.DEVNULL)
+            # The image trusts what the host trusts (TLS-inspecting proxies), like a fleet image would.
+            if HOST_EXTRA_CA_DIR.is_dir():
+                for cert in HOST_EXTRA_CA_DIR.glob("*.crt"):
+                    shutil.copy(cert, Path(root, "usr/local/share/ca-certificates", cert.name))
+                run(["chroot", root, "update-ca-certificates"], stdout=subprocess.DEVNULL)
+            run(["chroot", root, "apt-get", "clean"])
+            tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
+            run(["docker", "import", "-c", 'CMD ["/lib/systemd/systemd"]',
+                 "-c", f"LABEL fleet.recipe={recipe}", "-", image], stdin=tar.stdout, stdout=subprocess.DEVNULL)
+            if tar.wait() != 0:
+                sys.exit(f"[fleet] packing the {suite} root file system failed")
+        log(f"built {image} in {time.monotonic() - started:.0f} s")
+
+
+# --------------------------------------------------------------------------- commands
+def tool_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env["VIRTUAL_ENV"] = str(VENV)
+    env.setdefault("ANSIBLE_FORCE_COLOR", "0")
+    return env
+
+
+def setup(for_tests: bool) -> None:
+    ensure_venv()
+    ensure_collections()
+    if for_tests:
+        ensure_docker_engine()
+        ensure_base_images()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("setup", help="install the tool chain (and, with --for-tests, Docker and images)") \
+        .add_argument("--for-tests", action="store_true")
+    sub.add_parser("deploy", help="set up, then ansible-playbook site.yml [ARGS]")
+    sub.add_parser("test", help="set up, then run lint, unit and Molecule tests [PYTEST ARGS]")
+    args, rest = parser.parse_known_args(argv)
+
+    os.chdir(REPO)
+    if args.command == "setup":
+        setup(args.for_tests)
+        return 0
+    if args.command == "deploy":
+        setup(for_tests=False)
+        return subprocess.call([str(VENV / "bin" / "ansible-playbook"), "site.yml", *rest], env=tool_env())
+    setup(for_tests=True)
+    # pytest.ini lists the suites in order: lint, unit, then Molecule.
+    return subprocess.call([str(VENV / "bin" / "python"), "-m", "pytest", *rest], env=tool_env())
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
