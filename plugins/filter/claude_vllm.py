@@ -114,6 +114,64 @@ def output_tokens_problem(max_model_len, prompt_reserve=25000, variable="vllm_ma
             f"Claude Code's full 32000-token output budget.")
 
 
+def max_output_tokens_problem(value, max_model_len, prompt_reserve=25000,
+                              variable="claude_code_max_output_tokens"):
+    """An explicit output budget must be positive and fit next to the prompt in the context."""
+    try:
+        tokens = int(value)
+    except (TypeError, ValueError):
+        return f"{variable} ({value!r}) is not a whole number. Fix: set a token count such as 16000, or remove it."
+    room = int(max_model_len) - int(prompt_reserve)
+    if tokens < 1:
+        return f"{variable} ({tokens}) must be at least 1. Fix: remove it to size it from vllm_max_model_len."
+    if tokens > room:
+        return (f"{variable} ({tokens}) plus Claude Code's ~{prompt_reserve}-token prompt exceeds "
+                f"vllm_max_model_len ({max_model_len}): requests fail with \"API Error: 400 "
+                f"max_completion_tokens=... cannot be greater than max_model_len\". "
+                f"Fix: lower it to at most {max(room, 0)}, or raise vllm_max_model_len.")
+    return ""
+
+
+def token_problem(value, variable="llm_api_token"):
+    if value is None or not str(value).strip():
+        return (f"{variable} is empty. Claude Code must send ANTHROPIC_AUTH_TOKEN (an Authorization: Bearer "
+                f"header) or vLLM answers 401. Fix: set it (any string such as 'dummy' when the server "
+                f"does not enforce one; a real secret from ansible-vault when it does).")
+    if str(value) != str(value).strip() or "\n" in str(value):
+        return f"{variable} has surrounding whitespace or a newline; the server would reject it. Fix: strip it."
+    return ""
+
+
+def normalize_claude_code_users(users):
+    """Accept names or {name, env} dicts; return a list of {name, env} dicts (bad items kept for the check)."""
+    if isinstance(users, (str, dict)):
+        users = [users]
+    entries = []
+    for item in users or []:
+        if isinstance(item, dict):
+            entries.append({"name": item.get("name"), "env": item.get("env", {})})
+        else:
+            entries.append({"name": item, "env": {}})
+    return entries
+
+
+def user_entry_problems(entries, passwd, must_exist=True, variable="claude_code_users"):
+    problems = []
+    if must_exist and not entries:
+        problems.append(f"{variable} is empty: there is nobody to configure. Fix: list at least one user.")
+    for entry in entries:
+        name = entry.get("name")
+        if not isinstance(name, str) or not name:
+            problems.append(f"{variable}: item {entry!r} has no user name. Fix: give a name, or {{name: NAME}}.")
+            continue
+        if not isinstance(entry.get("env"), dict):
+            problems.append(f"{variable}: 'env' of user {name!r} must be a mapping of variable names to strings.")
+        if must_exist and name not in (passwd or {}):
+            problems.append(f"{variable}: user {name!r} does not exist on this host. Fix: create the account "
+                            f"first (ansible.builtin.user) or remove it from {variable}.")
+    return problems
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -123,4 +181,8 @@ class FilterModule:
             "model_alias_problem": model_alias_problem,
             "claude_max_output_tokens": claude_max_output_tokens,
             "output_tokens_problem": output_tokens_problem,
+            "max_output_tokens_problem": max_output_tokens_problem,
+            "token_problem": token_problem,
+            "normalize_claude_code_users": normalize_claude_code_users,
+            "user_entry_problems": user_entry_problems,
         }
