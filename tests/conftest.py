@@ -1,0 +1,27 @@
+"""Shared pytest helpers: paths, and loading the project's Ansible plugins as plain modules."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_plugin(relative_path: str, name: str):
+    """Import a plugin file (plugins/..., roles/.../filter_plugins/...) as a module."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / relative_path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO

@@ -1,0 +1,220 @@
+"""The settings merge module: user keys survive, conflicts go, writes are atomic and idempotent."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+from ansible.module_utils import basic
+from ansible.module_utils.common.text.converters import to_bytes
+
+from conftest import load_plugin
+
+settings_module = load_plugin("plugins/modules/claude_code_settings.py", "claude_code_settings_module")
+
+MANAGED_ENV = {
+    "ANTHROPIC_BASE_URL": "http://127.0.0.1:8000",
+    "ANTHROPIC_DEFAULT_SONNET_MODEL": "Qwen3.5-27B",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+}
+CONFLICTS = ["ANTHROPIC_API_KEY", "ANTHROPIC_CUSTOM_MODEL_OPTION"]
+USER_FILE = {
+    "permissions": {"allow": ["Bash(git status)"]},
+    "hooks": {"Stop": [{"hooks": [{"type": "command", "command": "notify-send done"}]}]},
+    "model": "Qwen3.5-27B",
+    "env": {"MY_PROXY": "http://proxy:3128", "ANTHROPIC_API_KEY": "sk-old", "ANTHROPIC_BASE_URL": "http://x/v1"},
+}
+
+
+class ModuleExit(Exception):
+    def __init__(self, result, failed):
+        super().__init__(result)
+        self.result, self.failed = result, failed
+
+
+@pytest.fixture
+def run(monkeypatch):
+    def exit_json(self, **kwargs):
+        raise ModuleExit(kwargs, False)
+
+    def fail_json(self, **kwargs):
+        raise ModuleExit(kwargs, True)
+
+    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
+    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
+
+    def _run(check_mode=False, diff=False, **args):
+        args.setdefault("model", "sonnet")
+        args.setdefault("env", MANAGED_ENV)
+        args.setdefault("secret_env", {"ANTHROPIC_AUTH_TOKEN": "s3cret-token"})
+        args.setdefault("remove_env", CONFLICTS)
+        payload = dict(args, _ansible_check_mode=check_mode, _ansible_diff=diff,
+                       _ansible_remote_tmp="/tmp", _ansible_keep_remote_files=False)
+        monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": payload})))
+        monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy", raising=False)
+        with pytest.raises(ModuleExit) as exited:
+            settings_module.main()
+        return exited.value
+
+    return _run
+
+
+def write(path, data):
+    path.write_text(json.dumps(data, indent=4) if not isinstance(data, str) else data)
+    path.chmod(0o644)
+
+
+def backups(path):
+    return sorted(p for p in path.parent.iterdir() if p.name.startswith(path.name + ".") and p.name.endswith(".bak"))
+
+
+def test_merge_keeps_user_keys_and_removes_conflicts():
+    merged, updated, removed = settings_module.merge_settings(USER_FILE, "sonnet", MANAGED_ENV, {"T": "x"}, CONFLICTS)
+    assert merged["permissions"] == USER_FILE["permissions"] and merged["hooks"] == USER_FILE["hooks"]
+    assert merged["env"]["MY_PROXY"] == "http://proxy:3128"
+    assert "ANTHROPIC_API_KEY" not in merged["env"]
+    assert merged["model"] == "sonnet" and merged["env"]["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:8000"
+    assert removed == ["env.ANTHROPIC_API_KEY"]
+    assert set(updated) == {"model", "env.ANTHROPIC_BASE_URL", "env.ANTHROPIC_DEFAULT_SONNET_MODEL",
+                            "env.CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "env.T"}
+    assert USER_FILE["env"]["ANTHROPIC_API_KEY"] == "sk-old", "input must not be mutated"
+
+
+def test_creates_file_with_mode_and_reports(run, tmp_path):
+    path = tmp_path / "settings.json"
+    result = run(path=str(path)).result
+    assert result["changed"] and result["created"] and "backup_file" not in result
+    data = json.loads(path.read_text())
+    assert data["model"] == "sonnet" and data["env"]["ANTHROPIC_AUTH_TOKEN"] == "s3cret-token"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_existing_file_merged_backed_up_and_idempotent(run, tmp_path):
+    path = tmp_path / "settings.json"
+    write(path, USER_FILE)
+    original = path.read_text()
+    first = run(path=str(path)).result
+    assert first["changed"] and first["removed_keys"] == ["env.ANTHROPIC_API_KEY"]
+    assert [b.read_text() for b in backups(path)] == [original]
+    assert stat.S_IMODE(backups(path)[0].stat().st_mode) == 0o600
+    data = json.loads(path.read_text())
+    assert data["permissions"] == USER_FILE["permissions"] and data["env"]["MY_PROXY"] == "http://proxy:3128"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+    second = run(path=str(path)).result
+    assert not second["changed"] and second["updated_keys"] == [] and len(backups(path)) == 1
+
+
+def test_semantically_equal_file_is_not_rewritten(run, tmp_path):
+    path = tmp_path / "settings.json"
+    run(path=str(path))
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps(data, separators=(",", ":")))  # the user's own formatting
+    path.chmod(0o600)
+    before = path.read_text()
+    assert not run(path=str(path)).result["changed"]
+    assert path.read_text() == before
+
+
+def test_mode_drift_alone_is_fixed(run, tmp_path):
+    path = tmp_path / "settings.json"
+    run(path=str(path))
+    path.chmod(0o644)
+    result = run(path=str(path)).result
+    assert result["changed"] and stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_drift_of_one_managed_key_is_the_only_change(run, tmp_path):
+    path = tmp_path / "settings.json"
+    write(path, USER_FILE)
+    run(path=str(path))
+    data = json.loads(path.read_text())
+    data["env"]["ANTHROPIC_BASE_URL"] = "http://127.0.0.1:8000/v1"
+    path.write_text(json.dumps(data))
+    result = run(path=str(path)).result
+    assert result["changed"] and result["updated_keys"] == ["env.ANTHROPIC_BASE_URL"] and result["removed_keys"] == []
+
+
+def test_check_mode_changes_nothing_and_diff_masks_the_secret(run, tmp_path):
+    path = tmp_path / "settings.json"
+    write(path, USER_FILE)
+    before = path.read_text()
+    result = run(path=str(path), check_mode=True, diff=True).result
+    assert result["changed"]
+    assert path.read_text() == before and backups(path) == []
+    diff = result["diff"]
+    assert '"ANTHROPIC_BASE_URL": "http://x/v1"' in diff["before"]
+    assert '"ANTHROPIC_BASE_URL": "http://127.0.0.1:8000"' in diff["after"]
+    assert "s3cret-token" not in json.dumps(result)
+    assert "ANTHROPIC_API_KEY" not in diff["after"]
+
+
+def test_check_mode_without_directory_reports_creation(run, tmp_path):
+    result = run(path=str(tmp_path / "missing" / "settings.json"), check_mode=True).result
+    assert result["changed"] and result["created"]
+    assert not (tmp_path / "missing").exists()
+
+
+def test_changed_secret_is_reported_without_its_value(run, tmp_path):
+    path = tmp_path / "settings.json"
+    run(path=str(path))
+    result = run(path=str(path), diff=True, secret_env={"ANTHROPIC_AUTH_TOKEN": "rotated-token"}).result
+    assert result["changed"] and result["updated_keys"] == ["env.ANTHROPIC_AUTH_TOKEN"]
+    assert "rotated-token" not in json.dumps(result) and "s3cret-token" not in json.dumps(result)
+    assert "(old)" in result["diff"]["before"] and "(new)" in result["diff"]["after"]
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"env": "oops"}'])
+def test_invalid_file_fails_by_default_and_is_untouched(run, tmp_path, content):
+    path = tmp_path / "settings.json"
+    write(path, content)
+    exited = run(path=str(path))
+    assert exited.failed and str(path) in exited.result["msg"] and "claude_code_invalid_json" in exited.result["msg"]
+    assert path.read_text() == content and backups(path) == []
+
+
+def test_invalid_file_backup_and_replace(run, tmp_path):
+    path = tmp_path / "settings.json"
+    write(path, "{not json")
+    result = run(path=str(path), on_invalid_json="backup_and_replace").result
+    assert result["changed"]
+    assert [b.read_text() for b in backups(path)] == ["{not json"]
+    assert json.loads(path.read_text())["model"] == "sonnet"
+
+
+def test_empty_file_is_treated_as_empty_settings(run, tmp_path):
+    path = tmp_path / "settings.json"
+    write(path, "")
+    assert run(path=str(path)).result["changed"]
+    assert json.loads(path.read_text())["env"]["ANTHROPIC_DEFAULT_SONNET_MODEL"] == "Qwen3.5-27B"
+
+
+def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "settings.json"
+    path.write_text('{"old": true}')
+
+    def boom(*_args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(settings_module.os, "fsync", boom)
+    with pytest.raises(OSError):
+        settings_module.write_atomically(str(path), '{"new": true}\n', 0o600, -1, -1)
+    assert path.read_text() == '{"old": true}'
+    assert [p.name for p in tmp_path.iterdir()] == ["settings.json"], "temporary file must be cleaned up"
+
+
+def test_owner_is_applied(run, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to chown")
+    path = tmp_path / "settings.json"
+    write(path, USER_FILE)
+    run(path=str(path), owner="nobody", group="nogroup")
+    assert path.stat().st_uid == __import__("pwd").getpwnam("nobody").pw_uid
+    assert backups(path)[0].stat().st_uid == path.stat().st_uid
+
+
+def test_unknown_owner_fails(run, tmp_path):
+    exited = run(path=str(tmp_path / "settings.json"), owner="no-such-user-xyz")
+    assert exited.failed and "no-such-user-xyz" in exited.result["msg"]

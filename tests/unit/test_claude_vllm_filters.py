@@ -1,0 +1,100 @@
+"""The preflight checks: every misconfiguration from the field notes is refused with variable, symptom and fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import load_plugin
+
+filters = load_plugin("plugins/filter/claude_vllm.py", "claude_vllm_filters")
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:8000", "http://127.0.0.1:8000/", "https://llm.example.com", "http://gpu-01:8000",
+    "http://[::1]:8000",
+])
+def test_good_base_urls_pass(url):
+    assert filters.base_url_problem(url) == ""
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("http://127.0.0.1:8000/v1", ["/v1/v1/messages", "Fix: set it to http://127.0.0.1:8000"]),
+    ("http://127.0.0.1:8000/v1/", ["/v1/v1/messages"]),
+    ("http://gw:8000/llm", ["no path", "Fix: set it to http://gw:8000"]),
+    ("http://gw:8000?x=1", ["no path"]),
+    ("127.0.0.1:8000", ["http:// or https://"]),
+    ("ftp://gpu:8000", ["http:// or https://"]),
+    ("http://:8000", ["no host"]),
+    ("", ["is empty"]),
+    (" http://h:8000", ["whitespace"]),
+    ("http://h:99999", ["not a valid URL"]),
+])
+def test_bad_base_urls_name_variable_symptom_and_fix(url, expected):
+    message = filters.base_url_problem(url)
+    assert message.startswith("anthropic_base_url")
+    for fragment in expected:
+        assert fragment in message
+
+
+def test_trailing_slash_is_normalised_only_once():
+    assert filters.normalize_base_url("http://h:8000/") == "http://h:8000"
+    assert filters.normalize_base_url("http://h:8000") == "http://h:8000"
+
+
+@pytest.mark.parametrize("name, fragment", [
+    ("", "is empty"), ("Qwen 3.5", "whitespace"), ("Qwen3.5-27B\n", "whitespace"),
+    ("Qwen/Qwen3.5-27B", "'Qwen3.5-27B'"), (None, "is empty"),
+])
+def test_bad_served_names(name, fragment):
+    message = filters.served_model_name_problem(name)
+    assert message.startswith("served_model_name") and fragment in message
+
+
+def test_good_served_name():
+    assert filters.served_model_name_problem("Qwen3.5-27B") == ""
+
+
+@pytest.mark.parametrize("alias", ["sonnet", "opus", "haiku"])
+def test_aliases(alias):
+    assert filters.model_alias_problem(alias) == ""
+
+
+def test_served_id_as_alias_explains_the_catalogue_check():
+    message = filters.model_alias_problem("Qwen3.5-27B")
+    assert "There's an issue with the selected model (Qwen3.5-27B)" in message
+    assert "sonnet" in message
+
+
+@pytest.mark.parametrize("context, expected", [(65536, 32000), (32768, 7768), (200000, 32000), (20000, 0)])
+def test_output_budget_fits_the_context(context, expected):
+    assert filters.claude_max_output_tokens(context, 25000) == expected
+
+
+def test_small_context_is_refused_with_the_size_needed():
+    message = filters.output_tokens_problem(8192, 25000)
+    assert message.startswith("vllm_max_model_len") and "at least 29096" in message
+    assert filters.output_tokens_problem(32768, 25000) == ""
+
+
+def test_explicit_output_budget_must_fit():
+    assert filters.max_output_tokens_problem(7000, 32768, 25000) == ""
+    assert "at most 7768" in filters.max_output_tokens_problem(32000, 32768, 25000)
+    assert "at least 1" in filters.max_output_tokens_problem(0, 32768, 25000)
+    assert "whole number" in filters.max_output_tokens_problem("lots", 32768, 25000)
+
+
+def test_token_checks():
+    assert filters.token_problem("dummy") == ""
+    assert "is empty" in filters.token_problem("")
+    assert "is empty" in filters.token_problem("   ")
+    assert "whitespace" in filters.token_problem("abc\n")
+
+
+def test_users_normalised_and_checked():
+    entries = filters.normalize_claude_code_users(["alice", {"name": "bob", "env": {"X": "1"}}, {"env": {}}])
+    assert entries[:2] == [{"name": "alice", "env": {}}, {"name": "bob", "env": {"X": "1"}}]
+    problems = filters.user_entry_problems(entries, {"alice": [], "carol": []})
+    assert any("'bob' does not exist" in p for p in problems)
+    assert any("has no user name" in p for p in problems)
+    assert not any("alice" in p for p in problems)
+    assert filters.user_entry_problems([], {}) and not filters.user_entry_problems([], {}, must_exist=False)
