@@ -76,7 +76,7 @@ def python_version(executable: str) -> tuple[int, int] | None:
     return int(major), int(minor)
 
 
-def find_python() -> tuple[str, tuple[int, int]]:
+def find_python(retried: bool = False) -> tuple[str, tuple[int, int]]:
     """Newest Python >= 3.11 with venv + ensurepip, on PATH or in pyenv's versions."""
     candidates = {sys.executable}
     for name in ("python3.14", "python3.13", "python3.12", "python3.11", "python3"):
@@ -91,6 +91,9 @@ def find_python() -> tuple[str, tuple[int, int]]:
         if version and version >= MIN_PYTHON and (best is None or version > best[1]):
             best = (candidate, version)
     if best is None:
+        if shutil.which("apt-get") and os.geteuid() == 0 and not retried:
+            apt_install("python3-venv")  # Debian's python3 lacks ensurepip without it
+            return find_python(retried=True)
         sys.exit("[fleet] no Python >= 3.11 with venv and ensurepip found; install python3 and python3-venv")
     return best
 
