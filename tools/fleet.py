@@ -234,6 +234,10 @@ def setup(for_tests: bool) -> None:
     if for_tests:
         ensure_docker_engine()
         ensure_base_images()
+        sys.path.insert(0, str(REPO / "tools"))
+        import test_assets  # the vLLM wheelhouse and the tiny model, for the vllm scenario
+
+        test_assets.ensure_all(CACHE)
 
 
 def main(argv: list[str]) -> int:

