@@ -132,6 +132,19 @@ def max_output_tokens_problem(value, max_model_len, prompt_reserve=25000,
     return ""
 
 
+def context_tokens_problem(value, max_model_len, variable="claude_code_max_context_tokens"):
+    """The window Claude Code assumes must not exceed what the server accepts."""
+    try:
+        tokens = int(value)
+    except (TypeError, ValueError):
+        return f"{variable} ({value!r}) is not a whole number. Fix: remove it to use vllm_max_model_len."
+    if tokens < 1 or tokens > int(max_model_len):
+        return (f"{variable} ({tokens}) must be between 1 and vllm_max_model_len ({max_model_len}): with a "
+                f"larger window Claude Code does not compact a long conversation before vLLM refuses it "
+                f"(\"API Error: 400 ... maximum context length\"). Fix: remove it to use vllm_max_model_len.")
+    return ""
+
+
 def token_problem(value, variable="llm_api_token"):
     if value is None or not str(value).strip():
         return (f"{variable} is empty. Claude Code must send ANTHROPIC_AUTH_TOKEN (an Authorization: Bearer "
@@ -183,6 +196,7 @@ class FilterModule:
             "output_tokens_problem": output_tokens_problem,
             "max_output_tokens_problem": max_output_tokens_problem,
             "token_problem": token_problem,
+            "context_tokens_problem": context_tokens_problem,
             "normalize_claude_code_users": normalize_claude_code_users,
             "user_entry_problems": user_entry_problems,
         }

@@ -1,0 +1,87 @@
+# -*- coding: utf-8 -*-
+"""Normalisation and checks of the vllm role's instance list."""
+
+from __future__ import annotations
+
+import re
+
+DOCUMENTATION = r"""
+name: vllm_instances
+short_description: Normalise and check vllm_instances
+description:
+  - C(vllm_normalize_instances) fills each instance with the role-wide defaults and adds its unit name.
+  - C(vllm_instance_problems) returns a list of messages (variable, problem, fix) for bad instances.
+"""
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def vllm_normalize_instances(instances, port=8000, model="", tensor_parallel_size=1):
+    normalized = []
+    for item in instances or []:
+        entry = dict(item) if isinstance(item, dict) else {"name": item}
+        entry.setdefault("port", port)
+        entry.setdefault("model", model)
+        entry.setdefault("tensor_parallel_size", tensor_parallel_size)
+        entry.setdefault("cuda_visible_devices", "")
+        entry.setdefault("extra_args", [])
+        entry.setdefault("extra_env", {})
+        entry["unit"] = f"vllm-{entry.get('name')}.service"
+        normalized.append(entry)
+    return normalized
+
+
+def _port_problem(instance):
+    port = instance.get("port")
+    try:
+        number = int(port)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not 1 <= number <= 65535 or str(port).strip() != str(number):
+        return (f"vllm_instances[{instance.get('name')}].port / vllm_port ({port!r}) must be a TCP port between "
+                f"1 and 65535. Fix: use e.g. 8000 (and keep anthropic_base_url on the same port).")
+    return ""
+
+
+def vllm_instance_problems(instances):
+    problems = []
+    if not instances:
+        return ["vllm_instances is empty: nothing would serve served_model_name. Fix: keep at least one instance."]
+    names, ports = set(), set()
+    for instance in instances:
+        name = instance.get("name")
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            problems.append(f"vllm_instances: name {name!r} must be letters, digits, '.', '_' or '-' (it becomes "
+                            f"the unit vllm-<name>.service). Fix: rename it, e.g. 'main'.")
+        elif name in names:
+            problems.append(f"vllm_instances: name {name!r} is used twice. Fix: give each instance its own name.")
+        names.add(name)
+        port_problem = _port_problem(instance)
+        if port_problem:
+            problems.append(port_problem)
+        elif int(instance["port"]) in ports:
+            problems.append(f"vllm_instances: port {instance['port']} is used by two instances. Fix: one port each.")
+        else:
+            ports.add(int(instance["port"]))
+        if not instance.get("model"):
+            problems.append(f"vllm_instances[{name}]: no model. Fix: set vllm_model or the instance's model.")
+        if not isinstance(instance.get("extra_args"), list) or not all(
+                isinstance(arg, (str, int, float)) for arg in instance.get("extra_args")):
+            problems.append(f"vllm_instances[{name}].extra_args must be a list of strings.")
+        if not isinstance(instance.get("extra_env"), dict):
+            problems.append(f"vllm_instances[{name}].extra_env must be a mapping of variable names to strings.")
+    return problems
+
+
+def vllm_missing_model_problem(path, host):
+    return (f"vllm_model: the local model directory {path} does not exist on {host}. "
+            f"Fix: copy the model there first, or use a Hugging Face id (e.g. Qwen/Qwen3.5-27B).")
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "vllm_normalize_instances": vllm_normalize_instances,
+            "vllm_instance_problems": vllm_instance_problems,
+            "vllm_missing_model_problem": vllm_missing_model_problem,
+        }
