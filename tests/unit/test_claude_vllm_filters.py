@@ -83,6 +83,15 @@ def test_explicit_output_budget_must_fit():
     assert "whole number" in filters.max_output_tokens_problem("lots", 32768, 25000)
 
 
+def test_context_window_must_fit_the_server():
+    assert filters.context_tokens_problem(65536, 65536) == ""
+    assert filters.context_tokens_problem("32768", 65536) == ""
+    message = filters.context_tokens_problem(1000000, 65536)
+    assert message.startswith("claude_code_max_context_tokens") and "65536" in message
+    assert "whole number" in filters.context_tokens_problem("big", 65536)
+    assert filters.context_tokens_problem(0, 65536)
+
+
 def test_token_checks():
     assert filters.token_problem("dummy") == ""
     assert "is empty" in filters.token_problem("")
