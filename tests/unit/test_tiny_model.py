@@ -1,14 +1,18 @@
 """The tiny scripted model answers any prompt with its fixed sentence then EOS, even sampled at T=1.
 
-Runs in the model-builder venv that `tools/fleet.py setup --for-tests` creates (torch and
-transformers live there, not in the test tool chain's venv).
+torch and transformers are not part of the test tool chain's venv: these tests run the builder and
+plain transformers in a subprocess, with this interpreter when it has them, otherwise with the
+model-builder venv that `tools/fleet.py setup --for-tests` creates; with neither they skip.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,53 +20,163 @@ import pytest
 from conftest import REPO
 
 CACHE = Path(os.environ.get("FLEET_CACHE_DIR", Path.home() / ".cache" / "claude-vllm-fleet"))
-MODEL_PYTHON = CACHE / "model-venv" / "bin" / "python"
+MODEL_VENV_PYTHON = CACHE / "model-venv" / "bin" / "python"
 BUILDER = REPO / "tests" / "fixtures" / "tiny_model" / "build_tiny_model.py"
+NEEDED = ("torch", "transformers", "tokenizers", "safetensors")
+
+
+def model_python() -> str | None:
+    if all(importlib.util.find_spec(name) for name in NEEDED):
+        return sys.executable
+    if MODEL_VENV_PYTHON.exists():
+        return str(MODEL_VENV_PYTHON)
+    return None
+
+
+PYTHON = model_python()
+pytestmark = pytest.mark.skipif(
+    PYTHON is None, reason="torch/transformers missing: run python3 tools/fleet.py setup --for-tests")
+
+# Conversations as vLLM hands them to the chat template: plain strings, content as a list of parts,
+# tools, an assistant tool call and its result, inline system reminders (Claude Code's shapes).
+TOOLS = [{"type": "function", "function": {
+    "name": "Bash", "description": "Run a shell command",
+    "parameters": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]}}}]
+CONVERSATIONS = [
+    {"messages": [{"role": "user", "content": "test"}]},
+    {"messages": [{"role": "system", "content": "You are terse."},
+                  {"role": "user", "content": "Write a haiku about GPUs."}]},
+    {"messages": [{"role": "user", "content": "def f(x):\n    return x\n" * 300}]},
+    {"messages": [{"role": "user", "content": "Hello"}]},  # the reply's own first word
+    {"tools": TOOLS, "messages": [
+        {"role": "system", "content": [{"type": "text", "text": "You are Claude Code."},
+                                       {"type": "text", "text": " Be brief."}]},
+        {"role": "user", "content": [{"type": "text", "text": "List the files."}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "Bash", "arguments": "{\"command\": \"ls\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "README.md\nsite.yml"}]},
+        {"role": "system", "content": "<system-reminder>inline reminder</system-reminder>"},
+        {"role": "user", "content": [{"type": "text", "text": "Thanks. "}, {"type": "text", "text": "Now what?"}]},
+    ]},
+]
 
 GENERATE = r"""
 import json, sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-model_dir = sys.argv[1]
+model_dir, conversations, seeds = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
-model = AutoModelForCausalLM.from_pretrained(model_dir)
-replies = []
-for prompt in ["test", "Write a haiku about GPUs.", "def f(x):\n    return x" * 200]:
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                        return_tensors="pt", return_dict=True)["input_ids"]
-    for seed in range(3):
-        torch.manual_seed(seed)
-        out = model.generate(ids, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=40)
-        replies.append(tokenizer.decode(out[0][ids.shape[1]:], skip_special_tokens=False))
-print(json.dumps(replies))
+model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+results = []
+for conversation in conversations:
+    text = tokenizer.apply_chat_template(conversation["messages"], tools=conversation.get("tools"),
+                                         add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    runs = []
+    for seed in seeds:  # None: greedy; a number: sampled at temperature 1 over the whole vocabulary
+        kwargs = {"do_sample": False} if seed is None else {"do_sample": True, "temperature": 1.0,
+                                                            "top_k": 0, "top_p": 1.0}
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = model.generate(ids, max_new_tokens=40, pad_token_id=tokenizer.pad_token_id, **kwargs)
+        runs.append(out[0][ids.shape[1]:].tolist())
+    results.append({"prompt": text, "prompt_tokens": ids.shape[1], "runs": runs})
+print(json.dumps({"eos": tokenizer.eos_token_id, "results": results,
+                  "decoded": [tokenizer.decode(run) for item in results for run in item["runs"]]}))
 """
 
-pytestmark = pytest.mark.skipif(not MODEL_PYTHON.exists(),
-                                reason="model-builder venv missing: run python3 tools/fleet.py setup --for-tests")
+
+def run_builder(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, str(BUILDER), *args], capture_output=True, text=True, check=check)
+
+
+def generate(model_dir: Path, conversations: list[dict], seeds: list[int | None]) -> dict:
+    result = subprocess.run([PYTHON, "-c", GENERATE, str(model_dir), json.dumps(conversations), json.dumps(seeds)],
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def fixture(model_dir: Path) -> dict:
+    return json.loads((model_dir / "fixture.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny-model")
-    subprocess.run([str(MODEL_PYTHON), str(BUILDER), str(out)], check=True, capture_output=True)
+def model_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    printed = run_builder(str(out)).stdout.strip().splitlines()[-1]
+    assert Path(printed) == out
     return out
 
 
-def test_any_prompt_gets_the_fixed_reply_then_eos_when_sampled(model_dir):
-    reply = json.loads((model_dir / "fixture.json").read_text())["parameters"]["reply"]
-    result = subprocess.run([str(MODEL_PYTHON), "-c", GENERATE, str(model_dir)], check=True,
-                            capture_output=True, text=True)
-    replies = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(replies) == 9
-    assert set(replies) == {reply + "<|im_end|>"}
+@pytest.fixture(scope="module")
+def generated(model_dir) -> dict:
+    """Every conversation, greedy and sampled at temperature 1 with four seeds."""
+    return generate(model_dir, CONVERSATIONS, [None, 0, 1, 2, 3])
+
+
+def test_any_prompt_gets_the_fixed_reply_then_eos_greedy_and_sampled(model_dir, generated):
+    record = fixture(model_dir)
+    expected = record["reply_token_ids"] + [record["eos_token_id"]]
+    output = generated
+    assert output["eos"] == record["eos_token_id"]
+    for item in output["results"]:
+        for run in item["runs"]:
+            assert run == expected, item["prompt"][-300:]
+    assert set(output["decoded"]) == {record["reply"] + "<|im_end|>"}
+    assert record["reply"] == "Hello from the tiny scripted model."
+    assert record["min_logit_margin"] >= 30
+
+
+def test_chat_template_renders_tools_parts_and_inline_system(generated):
+    prompt = generated["results"][-1]["prompt"]
+    assert prompt.startswith("<|im_start|>system\nYou are Claude Code. Be brief.\n\n# Tools\n")
+    assert '"name": "Bash"' in prompt and "</tools>" in prompt
+    assert "<|im_start|>user\nList the files.<|im_end|>\n" in prompt
+    assert '<tool_call>\n{"name": "Bash", "arguments": {"command": "ls"}}\n</tool_call><|im_end|>' in prompt
+    assert "<|im_start|>user\n<tool_response>\nREADME.md\nsite.yml\n</tool_response><|im_end|>" in prompt
+    assert "<|im_start|>system\n<system-reminder>inline reminder</system-reminder><|im_end|>" in prompt
+    assert prompt.endswith("<|im_start|>user\nThanks. Now what?<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_second_build_is_cached(model_dir):
-    before = (model_dir / "model.safetensors").stat().st_mtime_ns
-    subprocess.run([str(MODEL_PYTHON), str(BUILDER), str(model_dir)], check=True, capture_output=True)
-    assert (model_dir / "model.safetensors").stat().st_mtime_ns == before
+    before = {path.name: path.stat().st_mtime_ns for path in model_dir.iterdir()}
+    result = run_builder(str(model_dir))
+    assert result.stdout.strip() == str(model_dir)
+    assert {path.name: path.stat().st_mtime_ns for path in model_dir.iterdir()} == before
+    # importable too, and a cache hit does not even import torch
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import build_tiny_model as b; "
+             "print(b.build(sys.argv[2]), 'torch' in sys.modules)")
+    result = subprocess.run([PYTHON, "-c", probe, str(BUILDER.parent), str(model_dir)],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.split() == [str(model_dir), "False"]
+
+
+def test_build_is_deterministic(model_dir, tmp_path):
+    again = tmp_path / "again"
+    run_builder(str(again), "--force")
+    assert fixture(again)["content_sha256"] == fixture(model_dir)["content_sha256"]
+
+
+def test_other_reply_rebuilds_in_place(model_dir, tmp_path):
+    out = tmp_path / "model"
+    shutil.copytree(model_dir, out)
+    first = fixture(out)["content_sha256"]
+    reply = "Scripted answer, nothing else."
+    run_builder(str(out), "--reply", reply)
+    record = fixture(out)
+    assert record["reply"] == reply and record["content_sha256"] != first
+    assert not [path.name for path in tmp_path.iterdir() if path.name != "model"]  # no staging left over
+    output = generate(out, CONVERSATIONS[:2], [None, 7])
+    assert set(output["decoded"]) == {reply + "<|im_end|>"}
 
 
 def test_reply_with_repeated_tokens_is_refused(tmp_path):
-    result = subprocess.run([str(MODEL_PYTHON), str(BUILDER), str(tmp_path / "m"), "--reply", "the the the"],
-                            capture_output=True, text=True)
-    assert result.returncode != 0 and "repeated ids" in result.stderr
+    result = run_builder(str(tmp_path / "m"), "--reply", "the the the", check=False)
+    assert result.returncode == 2 and "repeated ids" in result.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_foreign_directory_is_never_replaced(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    result = run_builder(str(tmp_path), check=False)
+    assert result.returncode == 2 and "not a tiny-model directory" in result.stderr
+    assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
