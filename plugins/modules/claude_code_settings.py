@@ -130,7 +130,11 @@ SECRET_MASK = "********"
 
 
 class InvalidSettings(Exception):
-    """The existing file is not a JSON object with an object under env."""
+    """The existing file is not a JSON object with an object under env; `text` is what it holds."""
+
+    def __init__(self, message, text):
+        super().__init__(message)
+        self.text = text
 
 
 def load_settings(path):
@@ -145,11 +149,11 @@ def load_settings(path):
     try:
         settings = json.loads(text)
     except ValueError as exc:
-        raise InvalidSettings(f"{path} is not valid JSON ({exc})") from exc
+        raise InvalidSettings(f"{path} is not valid JSON ({exc})", text) from exc
     if not isinstance(settings, dict):
-        raise InvalidSettings(f"{path} holds a JSON {type(settings).__name__}, not an object")
+        raise InvalidSettings(f"{path} holds a JSON {type(settings).__name__}, not an object", text)
     if not isinstance(settings.get("env", {}), dict):
-        raise InvalidSettings(f"{path}: 'env' is a {type(settings['env']).__name__}, not an object")
+        raise InvalidSettings(f"{path}: 'env' is a {type(settings['env']).__name__}, not an object", text)
     return settings, text
 
 
@@ -287,7 +291,7 @@ def run_module():
                 msg=(f"{exc}. It was left untouched. Fix: repair the JSON by hand, or set "
                      f"claude_code_invalid_json: backup_and_replace to move it to a backup and start fresh."),
                 **result)
-        current, old_text, replace_invalid = {}, open(path, encoding="utf-8", errors="replace").read(), True
+        current, old_text, replace_invalid = {}, exc.text, True
         module.warn(f"{exc}; it is moved to a backup and replaced")
 
     merged, updated, removed = merge_settings(
