@@ -185,6 +185,52 @@ def user_entry_problems(entries, passwd, must_exist=True, variable="claude_code_
     return problems
 
 
+def extra_env_problems(extra_env, managed_keys, conflicting_keys, variable="claude_code_extra_env"):
+    """Keys of an extra env block that would fight the managed settings or break authentication."""
+    if not isinstance(extra_env, dict):
+        return [f"{variable} must be a mapping of variable names to strings, not {type(extra_env).__name__}."]
+    problems = []
+    for key in sorted(extra_env):
+        if key in (managed_keys or []):
+            problems.append(
+                f"{variable} sets {key}, which the role manages from the shared variables (the field notes' "
+                f"settings that must agree; e.g. CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC must stay \"1\" or the "
+                f"CLI keeps calling Anthropic's endpoints). Fix: remove {key} from {variable}; change the shared "
+                "variable (served_model_name, anthropic_base_url, vllm_max_model_len, llm_api_token...) instead.")
+        elif key in (conflicting_keys or []):
+            why = ("Claude Code sends it as x-api-key, which vLLM does not read, so a server that requires a "
+                   "token answers 401; the token belongs in llm_api_token (ANTHROPIC_AUTH_TOKEN)"
+                   if key == "ANTHROPIC_API_KEY" else
+                   "it overrides the sonnet/opus/haiku aliases the fleet maps to the served name")
+            problems.append(f"{variable} sets {key}: {why}. Fix: remove {key} from {variable}.")
+        elif not isinstance(extra_env[key], str):
+            problems.append(f"{variable}.{key} must be a string (settings.json env values are strings), not "
+                            f"{extra_env[key]!r}. Fix: quote it.")
+    return problems
+
+
+def fleet_disagreements(hostvars, hosts, variable, local_value):
+    """One message naming the hosts of the other side (gpu_hosts or workstations) that disagree with this one.
+
+    Reads each host's own variables through hostvars, so a group_vars or host_vars override on one side
+    only is caught before anything changes; "" when every host agrees.
+    """
+    differing = {}
+    for host in hosts or []:
+        try:
+            values = hostvars[host]
+            value = values.get(variable, "(not set)") if hasattr(values, "get") else "(not set)"
+        except KeyError:
+            continue
+        if value != local_value and str(value) != str(local_value):
+            differing[host] = value
+    if not differing:
+        return ""
+    listed = ", ".join(f"{host} has {value!r}" for host, value in sorted(differing.items()))
+    return (f"{variable} is {local_value!r} here but {listed}: the server side and the client side must agree "
+            f"exactly (a name changed on one side only makes the CLI say the model may not exist). Fix: set "
+            f"{variable} once for the whole fleet (group_vars/all), not per host or group.")
+
 class FilterModule:
     def filters(self):
         return {
@@ -199,4 +245,6 @@ class FilterModule:
             "context_tokens_problem": context_tokens_problem,
             "normalize_claude_code_users": normalize_claude_code_users,
             "user_entry_problems": user_entry_problems,
+            "extra_env_problems": extra_env_problems,
+            "fleet_disagreements": fleet_disagreements,
         }

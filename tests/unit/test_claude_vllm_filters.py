@@ -107,3 +107,53 @@ def test_users_normalised_and_checked():
     assert any("has no user name" in p for p in problems)
     assert not any("alice" in p for p in problems)
     assert filters.user_entry_problems([], {}) and not filters.user_entry_problems([], {}, must_exist=False)
+
+
+MANAGED = ["ANTHROPIC_BASE_URL", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "ANTHROPIC_AUTH_TOKEN"]
+CONFLICTING = ["ANTHROPIC_API_KEY", "ANTHROPIC_MODEL"]
+
+
+def test_extra_env_keeps_unrelated_keys():
+    assert filters.extra_env_problems({"HTTPS_PROXY": "http://proxy:3128"}, MANAGED, CONFLICTING) == []
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "0"}, ["which the role manages", "must stay \"1\"",
+                                                         "Fix: remove CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"]),
+    ({"ANTHROPIC_API_KEY": "x"}, ["x-api-key", "401", "llm_api_token", "Fix: remove ANTHROPIC_API_KEY"]),
+    ({"ANTHROPIC_MODEL": "x"}, ["overrides the sonnet/opus/haiku aliases"]),
+    ({"BASH_MAX_TIMEOUT_MS": 600000}, ["must be a string", "Fix: quote it"]),
+])
+def test_extra_env_refuses_keys_that_fight_the_fleet(env, expected):
+    problems = filters.extra_env_problems(env, MANAGED, CONFLICTING, "claude_code_extra_env")
+    assert len(problems) == 1
+    assert problems[0].startswith("claude_code_extra_env")
+    for part in expected:
+        assert part in problems[0]
+
+
+def test_extra_env_must_be_a_mapping():
+    assert "must be a mapping" in filters.extra_env_problems(["A=1"], MANAGED, CONFLICTING)[0]
+
+
+class FakeHostVars(dict):
+    """hostvars as a plain mapping of host -> variables (the real one is a lazy mapping with .get)."""
+
+
+def test_fleet_agreement_passes_when_every_side_agrees():
+    hostvars = FakeHostVars({"gpu-1": {"served_model_name": "Qwen3.5-27B"}, "gpu-2": {"served_model_name": "Qwen3.5-27B"}})
+    assert filters.fleet_disagreements(hostvars, ["gpu-1", "gpu-2"], "served_model_name", "Qwen3.5-27B") == ""
+
+
+def test_fleet_agreement_names_the_host_with_a_one_sided_change():
+    hostvars = FakeHostVars({"gpu-1": {"served_model_name": "Qwen3.5-27B"}, "gpu-2": {"served_model_name": "Qwen-v2"},
+                             "gpu-3": {}})
+    message = filters.fleet_disagreements(hostvars, ["gpu-1", "gpu-2", "gpu-3"], "served_model_name", "Qwen3.5-27B")
+    assert "gpu-2 has 'Qwen-v2'" in message and "gpu-3 has '(not set)'" in message
+    assert "gpu-1" not in message
+    assert "must agree exactly" in message and "group_vars/all" in message
+
+
+def test_fleet_agreement_compares_numbers_by_value():
+    hostvars = FakeHostVars({"gpu-1": {"vllm_max_model_len": "32768"}})
+    assert filters.fleet_disagreements(hostvars, ["gpu-1"], "vllm_max_model_len", 32768) == ""

@@ -1,0 +1,86 @@
+"""Filters that turn the claude_code_smoke results of every host into one readable report.
+
+smoke_table(hostvars, hosts, fact)
+    A list of text lines: a table (host, user, base URL, served name, each step's result and latency), then
+    each failure with its diagnosis, then the hosts that gave no result (unreachable, or failed earlier in the
+    run): the hosts that need attention.
+smoke_needs_attention(hostvars, hosts, fact)
+    The names of the hosts with a failed user or no result at all.
+"""
+
+from __future__ import annotations
+
+STEPS = (("settings", "settings"), ("models", "GET /v1/models"), ("messages", "POST /v1/messages"),
+         ("claude", "claude -p"))
+
+
+def _result(hostvars, host, fact):
+    try:
+        values = hostvars[host]
+    except KeyError:
+        return None
+    try:
+        value = values.get(fact) if hasattr(values, "get") else None
+    except Exception:  # an undefined or broken variable of that host: treat as no result
+        return None
+    if isinstance(value, dict) and isinstance(value.get("users"), list):
+        return value
+    return None
+
+
+def _cell(step):
+    status = step.get("status", "?")
+    latency = step.get("latency_ms")
+    if latency is None or status == "skip":
+        return status
+    if latency >= 10000:
+        return f"{status} {latency / 1000:.0f}s"
+    if latency >= 1000:
+        return f"{status} {latency / 1000:.1f}s"
+    return f"{status} {latency}ms"
+
+
+def smoke_table(hostvars, hosts, fact="claude_code_smoke_result"):
+    header = ["HOST", "USER", "BASE URL", "SERVED NAME"] + [title for _key, title in STEPS] + ["RESULT"]
+    rows = []
+    failures = []
+    missing = []
+    for host in hosts or []:
+        result = _result(hostvars, host, fact)
+        if result is None:
+            missing.append(host)
+            continue
+        for user in result["users"]:
+            steps = user.get("steps", {})
+            rows.append([host, str(user.get("user")), str(user.get("base_url") or "-"),
+                         str(user.get("served_model_name") or "-")]
+                        + [_cell(steps.get(key, {})) for key, _title in STEPS]
+                        + ["PASS" if user.get("ok") else "FAIL"])
+            if not user.get("ok"):
+                for line in user.get("diagnosis") or ["failed without a diagnosis (see the task output)"]:
+                    failures.append(f"{host} / {user.get('user')}: {line}")
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
+    passed = sum(1 for r in rows if r[-1] == "PASS")
+    lines.append(f"{passed} of {len(rows)} user(s) passed on {len(hosts or []) - len(missing)} host(s).")
+    if failures:
+        lines.append("Failures (cause, symptom, fix):")
+        lines.extend(failures)
+    for host in missing:
+        lines.append(f"{host}: no smoke result: unreachable, or it failed earlier in this run "
+                     "(see the play recap). Needs attention.")
+    return lines
+
+
+def smoke_needs_attention(hostvars, hosts, fact="claude_code_smoke_result"):
+    attention = []
+    for host in hosts or []:
+        result = _result(hostvars, host, fact)
+        if result is None or not all(u.get("ok") for u in result["users"]):
+            attention.append(host)
+    return attention
+
+
+class FilterModule:
+    def filters(self):
+        return {"smoke_table": smoke_table, "smoke_needs_attention": smoke_needs_attention}

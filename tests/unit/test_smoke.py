@@ -1,0 +1,109 @@
+"""The smoke test's pieces that do not need a server: reading the doctor's report, and the fleet table.
+
+The whole path (doctor + real `claude -p` as each user against the real vLLM) runs in molecule/e2e.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO, load_plugin
+
+smoke = load_plugin("plugins/modules/claude_code_smoke.py", "claude_code_smoke_module")
+report_filters = load_plugin("plugins/filter/smoke_report.py", "smoke_report_filters")
+DOCTOR = REPO / "tools" / "claude-vllm-doctor"
+
+GOOD_SETTINGS = {
+    "model": "sonnet",
+    "env": {
+        "ANTHROPIC_BASE_URL": "http://gpu-01:8000",
+        "ANTHROPIC_AUTH_TOKEN": "dummy",
+        "ANTHROPIC_DEFAULT_OPUS_MODEL": "Qwen3.5-27B",
+        "ANTHROPIC_DEFAULT_SONNET_MODEL": "Qwen3.5-27B",
+        "ANTHROPIC_DEFAULT_HAIKU_MODEL": "Qwen3.5-27B",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    },
+}
+
+
+def doctor_report(tmp_path, settings):
+    """The real doctor's --offline --json report for a settings file."""
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(settings))
+    run = subprocess.run([sys.executable, str(DOCTOR), "--settings", str(path), "--managed",
+                          str(tmp_path / "no-managed.json"), "--offline", "--json"],
+                         stdout=subprocess.PIPE, universal_newlines=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    return json.loads(run.stdout)
+
+
+def test_settings_step_passes_the_notes_working_file(tmp_path):
+    report = doctor_report(tmp_path, GOOD_SETTINGS)
+    assert smoke.settings_step(report)["status"] == "ok"
+    # Offline, the server steps are reported as not run, not as passed.
+    assert smoke.server_step(report, "server.models", "models")["status"] == "skip"
+
+
+def test_settings_step_names_each_broken_setting(tmp_path):
+    settings = json.loads(json.dumps(GOOD_SETTINGS))
+    settings["model"] = "Qwen3.5-27B"
+    settings["env"]["ANTHROPIC_BASE_URL"] += "/v1"
+    step = smoke.settings_step(doctor_report(tmp_path, settings))
+    assert step["status"] == "FAIL"
+    assert "model.alias" in step["detail"] and "base_url.path" in step["detail"]
+
+
+def test_server_step_takes_the_worst_finding_and_the_latency():
+    report = {"server": {"checked": True, "timings_ms": {"models": 12}},
+              "findings": [{"id": "server.models", "severity": "ok", "problem": "listed"},
+                           {"id": "server.models", "severity": "error", "problem": "not served"}]}
+    assert smoke.server_step(report, "server.models", "models") == {
+        "status": "FAIL", "latency_ms": 12, "detail": "not served"}
+
+
+def test_server_step_reports_the_blocking_network_error():
+    report = {"server": {"checked": True, "timings_ms": {"health": 3}},
+              "findings": [{"id": "server.health", "severity": "error", "problem": "Connection refused at x"}]}
+    step = smoke.server_step(report, "server.messages", "messages")
+    assert step["status"] == "FAIL" and "Connection refused" in step["detail"]
+
+
+def test_finding_line_has_cause_symptom_and_fix():
+    line = smoke.finding_line({"key": "ANTHROPIC_BASE_URL", "source": "/home/a/.claude/settings.json",
+                               "problem": "ends in /v1", "symptom": "404", "fix": "drop /v1"})
+    assert line == ("ANTHROPIC_BASE_URL [/home/a/.claude/settings.json]: ends in /v1 Symptom: 404 "
+                    "Fix: drop /v1")
+
+
+def test_clean_stderr_drops_only_the_known_harmless_line():
+    text = "[claude-code:unrecognized_model] Qwen3.5-27B\nAPI Error: 401"
+    assert smoke.clean_stderr(text) == "API Error: 401"
+
+
+def user_result(name, ok, claude="ok", diagnosis=()):
+    return {"user": name, "ok": ok, "base_url": "http://gpu-01:8000", "served_model_name": "Qwen3.5-27B",
+            "diagnosis": list(diagnosis),
+            "steps": {"settings": {"status": "ok", "latency_ms": None},
+                      "models": {"status": "ok", "latency_ms": 4},
+                      "messages": {"status": "ok" if ok else "FAIL", "latency_ms": 1520},
+                      "claude": {"status": claude, "latency_ms": 12400}}}
+
+
+def test_table_lists_every_user_failures_and_hosts_without_result():
+    hostvars = {
+        "ws-1": {"smoke": {"users": [user_result("alice", True), user_result("bob", True)]}},
+        "ws-2": {"smoke": {"users": [user_result("carol", False, "skip", ["ANTHROPIC_BASE_URL: ends in /v1"])]}},
+        "ws-3": {},
+    }
+    lines = report_filters.smoke_table(hostvars, ["ws-1", "ws-2", "ws-3"], "smoke")
+    assert lines[0].split() == ["HOST", "USER", "BASE", "URL", "SERVED", "NAME", "settings", "GET", "/v1/models",
+                                "POST", "/v1/messages", "claude", "-p", "RESULT"]
+    assert lines[1].split()[:2] == ["ws-1", "alice"] and lines[1].endswith("PASS")
+    assert "ok 4ms" in lines[1] and "ok 1.5s" in lines[1] and "ok 12s" in lines[1]
+    assert lines[3].endswith("FAIL") and "skip" in lines[3]
+    assert "2 of 3 user(s) passed on 2 host(s)." in lines
+    assert "ws-2 / carol: ANTHROPIC_BASE_URL: ends in /v1" in lines
+    assert any(line.startswith("ws-3: no smoke result") for line in lines)
+    assert report_filters.smoke_needs_attention(hostvars, ["ws-1", "ws-2", "ws-3"], "smoke") == ["ws-2", "ws-3"]
