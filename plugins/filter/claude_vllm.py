@@ -209,14 +209,17 @@ def extra_env_problems(extra_env, managed_keys, conflicting_keys, variable="clau
     return problems
 
 
-def fleet_disagreements(hostvars, hosts, variable, local_value):
+def fleet_disagreements(hostvars, hosts, variable, local_value, this_host=None):
     """One message naming the hosts of the other side (gpu_hosts or workstations) that disagree with this one.
 
     Reads each host's own variables through hostvars, so a group_vars or host_vars override on one side
-    only is caught before anything changes; "" when every host agrees.
+    only is caught before anything changes; "" when every host agrees. this_host (inventory_hostname) is
+    skipped: a host in both groups is not compared with itself (its play may set the variable).
     """
     differing = {}
     for host in hosts or []:
+        if host == this_host:
+            continue
         try:
             values = hostvars[host]
             value = values.get(variable, "(not set)") if hasattr(values, "get") else "(not set)"

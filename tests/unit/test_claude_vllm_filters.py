@@ -157,3 +157,9 @@ def test_fleet_agreement_names_the_host_with_a_one_sided_change():
 def test_fleet_agreement_compares_numbers_by_value():
     hostvars = FakeHostVars({"gpu-1": {"vllm_max_model_len": "32768"}})
     assert filters.fleet_disagreements(hostvars, ["gpu-1"], "vllm_max_model_len", 32768) == ""
+
+
+def test_fleet_agreement_does_not_compare_a_host_with_itself():
+    hostvars = FakeHostVars({"box": {"vllm_max_model_len": 65536}})
+    assert filters.fleet_disagreements(hostvars, ["box"], "vllm_max_model_len", 32768, "box") == ""
+    assert "box has 65536" in filters.fleet_disagreements(hostvars, ["box"], "vllm_max_model_len", 32768, "other")
