@@ -78,10 +78,39 @@ def vllm_missing_model_problem(path, host):
             f"Fix: copy the model there first, or use a Hugging Face id (e.g. Qwen/Qwen3.5-27B).")
 
 
+def gateway_servers(hostvars, hosts, default_port=8000):
+    """The servers a gateway sends requests to: every vLLM instance of every host, as HAProxy servers.
+
+    Each is {name: HOST-INSTANCE, host, address (ansible_host or the name), port}. Inventory variables
+    are read through hostvars (vllm_instances, vllm_port); a host without vllm_instances has the role's
+    default single instance "main" on vllm_port.
+    """
+    servers = []
+    for host in hosts or []:
+        try:
+            values = hostvars[host]
+        except KeyError:
+            continue
+        get = values.get if hasattr(values, "get") else (lambda key, default=None: default)
+        port = get("vllm_port", default_port) or default_port
+        instances = get("vllm_instances", None) or [{"name": "main"}]
+        for instance in instances:
+            if not isinstance(instance, dict):
+                continue
+            servers.append({
+                "name": f"{host}-{instance.get('name', 'main')}",
+                "host": host,
+                "address": get("ansible_host", None) or host,
+                "port": int(instance.get("port", port)),
+            })
+    return servers
+
+
 class FilterModule:
     def filters(self):
         return {
             "vllm_normalize_instances": vllm_normalize_instances,
             "vllm_instance_problems": vllm_instance_problems,
             "vllm_missing_model_problem": vllm_missing_model_problem,
+            "gateway_servers": gateway_servers,
         }
