@@ -240,6 +240,25 @@ def setup(for_tests: bool) -> None:
         test_assets.ensure_all(CACHE)
 
 
+# bench/<name>.py, in the order `bench` runs them: each prints its figures and the machine.
+BENCHMARKS = ["fleet_convergence", "prefix_cache", "gateway", "vllm_role"]
+
+
+def run_benchmarks(names: list[str]) -> int:
+    """Run each benchmark with the venv's Python, one after the other; non-zero if any failed."""
+    unknown = [n for n in names if n not in BENCHMARKS and not n.startswith("-")]
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s) {unknown}; known: {BENCHMARKS}")
+    failed = []
+    for name in [n for n in names if not n.startswith("-")] or BENCHMARKS:
+        log(f"benchmark {name}")
+        if subprocess.call([str(VENV / "bin" / "python"), str(REPO / "bench" / f"{name}.py")], env=tool_env()) != 0:
+            failed.append(name)
+    if failed:
+        log(f"benchmarks that could not measure: {' '.join(failed)}")
+    return 1 if failed else 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -247,6 +266,7 @@ def main(argv: list[str]) -> int:
         .add_argument("--for-tests", action="store_true")
     sub.add_parser("deploy", help="set up, then ansible-playbook site.yml [ARGS]")
     sub.add_parser("test", help="set up, then run lint, unit and Molecule tests [PYTEST ARGS]")
+    sub.add_parser("bench", help=f"set up, then run the benchmarks [NAME ...] (default: {' '.join(BENCHMARKS)})")
     args, rest = parser.parse_known_args(argv)
 
     os.chdir(REPO)
@@ -256,6 +276,9 @@ def main(argv: list[str]) -> int:
     if args.command == "deploy":
         setup(for_tests=False)
         return subprocess.call([str(VENV / "bin" / "ansible-playbook"), "site.yml", *rest], env=tool_env())
+    if args.command == "bench":
+        setup(for_tests=True)
+        return run_benchmarks(rest)
     setup(for_tests=True)
     # pytest.ini lists the suites in order: lint, unit, then Molecule.
     return subprocess.call([str(VENV / "bin" / "python"), "-m", "pytest", *rest], env=tool_env())

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Client load for the rolling-upgrade test: POST /v1/messages through the gateway until told to stop.
 
-    request_loop.py BASE_URL MODEL TOKEN_FILE STOP_FILE MAX_SECONDS [THREADS]
+    request_loop.py BASE_URL MODEL TOKEN_FILE STOP_FILE MAX_SECONDS [THREADS] [PAUSE]
 
-THREADS workers (default 2) each send Anthropic-format requests back to back, every other one streamed,
+THREADS workers (default 2) each send Anthropic-format requests, PAUSE seconds apart (default 0.5: on
+a 2-core test machine back-to-back requests starve the restarting server's start-up), every other one streamed,
 the way Claude Code does, until STOP_FILE exists or MAX_SECONDS pass (the bound). A request counts as
 failed on any HTTP status but 200, a network error, or a reply (or stream) without the model's text.
 Prints one JSON object: total, failed, the first failures, the longest time between two successful
@@ -41,6 +42,7 @@ def one_request(base, model, token, stream):
 def main():
     base, model, token_file, stop_file, max_seconds = sys.argv[1:6]
     threads = int(sys.argv[6]) if len(sys.argv) > 6 else 2
+    pause = float(sys.argv[7]) if len(sys.argv) > 7 else 0.5
     token = open(token_file).read().strip()
     deadline = time.time() + float(max_seconds)
     lock = threading.Lock()
@@ -65,6 +67,7 @@ def main():
                         stats["failures"].append("{:.1f} {}".format(time.time(), error))
                 else:
                     stats["successes"].append(time.time())
+            time.sleep(pause)
 
     started = time.time()
     pool = [threading.Thread(target=worker, args=(n,)) for n in range(threads)]
