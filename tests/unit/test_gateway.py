@@ -57,3 +57,174 @@ def test_servers_cover_every_instance_of_every_host():
 
 def test_no_hosts_no_servers():
     assert instances.gateway_servers({}, [], 8000) == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The module end to end against a fake runtime API on a real UNIX socket (one command per connection, as
+# HAProxy's non-interactive mode answers): drain waits for running sessions, ready waits for the health check.
+
+import json  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+
+import pytest  # noqa: E402
+from ansible.module_utils import basic  # noqa: E402
+from ansible.module_utils.common.text.converters import to_bytes  # noqa: E402
+
+STAT_HEADER = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status\n"
+
+
+class FakeHAProxy:
+    """One server vllm/gpu-a-main: admin state, operational status, running sessions that finish over time."""
+
+    def __init__(self, path, sessions=0, status="UP", admin=0, sessions_drop_per_poll=1, polls_until_up=2,
+                 refuse=""):
+        self.path, self.sessions, self.status, self.admin = path, sessions, status, admin
+        self.drop, self.polls_until_up, self.refuse = sessions_drop_per_poll, polls_until_up, refuse
+        self.commands = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(8)
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def answer(self, line):
+        self.commands.append(line)
+        if line == "show stat":
+            shown = "DRAIN" if self.admin & 0x08 and self.status == "UP" else self.status
+            row = "vllm,gpu-a-main,0,0,{},2,,20,1,2,,0,,0,0,0,0,{}\n".format(self.sessions, shown)
+            # each poll: running requests finish; a server put back comes UP after a few checks
+            self.sessions = max(0, self.sessions - self.drop)
+            if self.admin == 0 and self.status != "UP":
+                self.polls_until_up -= 1
+                if self.polls_until_up <= 0:
+                    self.status = "UP"
+            return STAT_HEADER + row + "\n"
+        if line.startswith("show servers state"):
+            return ("1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state\n"
+                    "3 vllm 1 gpu-a-main 10.0.0.1 2 {}\n".format(self.admin))
+        if line.startswith("set server vllm/gpu-a-main state "):
+            if self.refuse:
+                return self.refuse + "\n"
+            self.admin = {"ready": 0, "drain": 0x08, "maint": 0x01}[line.rsplit(" ", 1)[1]]
+            if self.admin == 0x01:
+                self.status = "MAINT"
+            return "\n"
+        return "Unknown command.\n"
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                line = conn.makefile("r").readline().strip()
+                conn.sendall(self.answer(line).encode())
+
+    def close(self):
+        self.sock.close()
+
+
+class ModuleExit(Exception):
+    def __init__(self, result, failed):
+        super().__init__(result)
+        self.result, self.failed = result, failed
+
+
+@pytest.fixture
+def gateway(monkeypatch):
+    directory = tempfile.mkdtemp(prefix="hap")
+    path = os.path.join(directory, "admin.sock")
+    fakes = []
+
+    def exit_json(self, **kwargs):
+        raise ModuleExit(kwargs, False)
+
+    def fail_json(self, **kwargs):
+        raise ModuleExit(kwargs, True)
+
+    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
+    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
+    monkeypatch.setattr(haproxy.time, "sleep", lambda seconds: None)
+
+    def start(**state):
+        fakes.append(FakeHAProxy(path, **state))
+        return fakes[-1]
+
+    def run(check_mode=False, **args):
+        args = dict({"socket": path, "backend": "vllm", "server": "gpu-a-main"}, **args)
+        payload = dict(args, _ansible_check_mode=check_mode, _ansible_remote_tmp="/tmp",
+                       _ansible_keep_remote_files=False)
+        monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": payload})))
+        monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy", raising=False)
+        with pytest.raises(ModuleExit) as exited:
+            haproxy.main()
+        return exited.value
+
+    yield start, run
+    for fake in fakes:
+        fake.close()
+
+
+def test_drain_sets_the_state_and_waits_for_running_requests(gateway):
+    start, run = gateway
+    fake = start(sessions=3)
+    result = run(state="drain", timeout=30)
+    assert not result.failed and result.result["changed"] is True
+    assert result.result["sessions"] == 0
+    assert "set server vllm/gpu-a-main state drain" in fake.commands
+    assert fake.admin == 0x08
+    # a second run finds it drained already: no change, nothing sent
+    fake.commands.clear()
+    again = run(state="drain", timeout=30)
+    assert again.result["changed"] is False
+    assert not any(c.startswith("set server") for c in fake.commands)
+
+
+def test_drain_times_out_when_requests_never_finish(gateway):
+    start, run = gateway
+    start(sessions=5, sessions_drop_per_poll=0)
+    result = run(state="drain", timeout=0)
+    assert result.failed and "running request(s) to finish" in result.result["msg"]
+    assert result.result["sessions"] == 5
+
+
+def test_ready_waits_until_the_health_check_reports_up(gateway):
+    start, run = gateway
+    fake = start(status="DOWN", admin=0x08, polls_until_up=3)
+    result = run(state="ready", timeout=30)
+    assert not result.failed and result.result["changed"] is True
+    assert result.result["status"] == "UP" and fake.admin == 0
+
+
+def test_ready_names_the_health_check_when_the_server_stays_down(gateway):
+    start, run = gateway
+    start(status="DOWN", admin=0x08, polls_until_up=10 ** 6)
+    result = run(state="ready", timeout=0)
+    assert result.failed and "/v1/models must list the served name" in result.result["msg"]
+
+
+def test_check_mode_reports_without_sending_a_change(gateway):
+    start, run = gateway
+    fake = start(sessions=1)
+    result = run(check_mode=True, state="maint")
+    assert result.result["changed"] is True and fake.admin == 0
+    assert not any(c.startswith("set server") for c in fake.commands)
+    assert run(check_mode=True, state="ready").result["changed"] is False
+
+
+def test_refused_command_and_missing_server_or_socket(gateway, tmp_path):
+    start, run = gateway
+    start(refuse="No such server.")
+    refused = run(state="drain")
+    assert refused.failed and "HAProxy refused" in refused.result["msg"] and "No such server." in refused.result["msg"]
+    missing = run(state="drain", server="gpu-z-main")
+    assert missing.failed and "run site.yml for the gateways" in missing.result["msg"]
+    assert run(state="drain", server="gpu-z-main", missing_ok=True).result["changed"] is False
+    no_socket = run(state="drain", socket=str(tmp_path / "none.sock"))
+    assert no_socket.failed and "run the gateway role" in no_socket.result["msg"]
+    tolerated = run(state="drain", socket=str(tmp_path / "none.sock"), missing_ok=True)
+    assert not tolerated.failed and tolerated.result["status"] is None

@@ -1,0 +1,78 @@
+"""playbooks/gpu_hosts.yml's batching, run by the real ansible-playbook on stand-in hosts.
+
+The plays' own header (the reachability play, `serial`, `max_fail_percentage`) is taken from the playbook;
+the roles are replaced by a task that records the host and fails where asked. The stand-ins use the local
+connection and change nothing (one debug task); one points at a closed port so it is unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+PLAYBOOK = REPO / "playbooks" / "gpu_hosts.yml"
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+
+
+def run(tmp_path: Path, extra: dict, group_vars: dict | None = None) -> dict:
+    plays = yaml.safe_load(PLAYBOOK.read_text())
+    check, batched = plays[0], dict(plays[1])
+    batched.pop("roles")
+    batched.update(become=False, gather_facts=False, tasks=[
+        {"name": "record", "ansible.builtin.debug": {"msg": "{{ inventory_hostname }}"}},
+        {"name": "fail where asked", "ansible.builtin.fail": {"msg": "asked to fail"},
+         "when": "inventory_hostname in fail_hosts | default([])"},
+    ])
+    (tmp_path / "play.yml").write_text(yaml.safe_dump([check, batched]))
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    hosts = {name: dict(local) for name in ("h1", "h2", "h4", "h5")}
+    hosts["h3"] = {"ansible_connection": "ssh", "ansible_host": "127.0.0.1", "ansible_port": 1,
+                   "ansible_ssh_common_args": "-o ConnectTimeout=5 -o StrictHostKeyChecking=no"}
+    inventory = {"all": {"children": {"gpu_hosts": {"hosts": dict(sorted(hosts.items())),
+                                                    "vars": group_vars or {}}}}}
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+               ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_RETRY_FILES_ENABLED="False")
+    result = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "play.yml"),
+                             "-e", json.dumps(extra)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.stdout.strip(), result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    batches = [sorted(host for task in play["tasks"] if task["task"]["name"] == "record"
+                      for host in task["hosts"]) for play in report["plays"][1:]]
+    return {"rc": result.returncode, "batches": [b for b in batches if b], "stats": report["stats"]}
+
+
+@pytest.mark.skipif(not ANSIBLE_PLAYBOOK.exists(), reason="ansible-playbook not in this venv")
+def test_unreachable_host_is_set_aside_and_the_rest_go_in_batches(tmp_path):
+    result = run(tmp_path, {"gpu_hosts_serial": 2})
+    assert result["rc"] != 0  # the unreachable host shows in the exit status and the recap
+    assert result["stats"]["h3"]["unreachable"] == 1
+    # h3 is not in any batch; the others all ran, two at a time
+    assert result["batches"] == [["h1", "h2"], ["h4"], ["h5"]] or result["batches"] == [["h1", "h2"], ["h4", "h5"]]
+    assert all(result["stats"][h]["ok"] >= 2 for h in ("h1", "h2", "h4", "h5"))
+
+
+@pytest.mark.skipif(not ANSIBLE_PLAYBOOK.exists(), reason="ansible-playbook not in this venv")
+def test_serial_is_not_read_from_group_vars(tmp_path):
+    # `serial` is templated without a host: the inventory's group_vars value (5) is not seen, the default is
+    result = run(tmp_path, {}, group_vars={"gpu_hosts_serial": 5})
+    assert max(len(b) for b in result["batches"]) < 4
+
+
+@pytest.mark.skipif(not ANSIBLE_PLAYBOOK.exists(), reason="ansible-playbook not in this venv")
+def test_a_failed_host_stops_later_batches_unless_allowed(tmp_path):
+    stopped = run(tmp_path, {"gpu_hosts_serial": 2, "fail_hosts": ["h1"]})
+    assert stopped["batches"] == [["h1", "h2"]]
+    assert "h5" not in stopped["stats"] or stopped["stats"]["h5"]["ok"] <= 1
+    allowed = run(tmp_path, {"gpu_hosts_serial": 2, "fail_hosts": ["h1"], "gpu_hosts_max_fail_percentage": 60})
+    assert ["h1", "h2"] in allowed["batches"] and any("h5" in b for b in allowed["batches"])
