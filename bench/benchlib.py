@@ -31,14 +31,15 @@ def header(title: str) -> None:
     sys.stdout.flush()
 
 
-def molecule(scenario: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def molecule(scenario: str, action: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`molecule ACTION -s SCENARIO [ARGS]` (ARGS after "--" go to ansible-playbook)."""
     env = dict(os.environ, NO_COLOR="1", PY_COLORS="0", ANSIBLE_FORCE_COLOR="0")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    result = subprocess.run([sys.executable, "-m", "molecule", *args, "-s", scenario], cwd=REPO, env=env,
+    result = subprocess.run([sys.executable, "-m", "molecule", action, "-s", scenario, *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
     if check and result.returncode != 0:
         sys.stdout.write(result.stdout[-6000:])
-        raise SystemExit(f"molecule {' '.join(args)} -s {scenario} failed (rc={result.returncode})")
+        raise SystemExit(f"molecule {action} -s {scenario} {' '.join(args)} failed (rc={result.returncode})")
     return result
 
 
