@@ -199,8 +199,12 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(settings_module.os, "fsync", boom)
-    with pytest.raises(OSError):
-        settings_module.write_atomically(str(path), '{"new": true}\n', 0o600, -1, -1)
+    dir_fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError):
+            settings_module.write_atomically(dir_fd, "settings.json", '{"new": true}\n', 0o600, -1, -1)
+    finally:
+        os.close(dir_fd)
     assert path.read_text() == '{"old": true}'
     assert [p.name for p in tmp_path.iterdir()] == ["settings.json"], "temporary file must be cleaned up"
 
@@ -218,3 +222,118 @@ def test_owner_is_applied(run, tmp_path):
 def test_unknown_owner_fails(run, tmp_path):
     exited = run(path=str(tmp_path / "settings.json"), owner="no-such-user-xyz")
     assert exited.failed and "no-such-user-xyz" in exited.result["msg"]
+
+
+# Links and other traps: the role runs this module as root inside users' homes.
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown and to play the attacked root")
+NOBODY = None if os.geteuid() != 0 else __import__("pwd").getpwnam("nobody").pw_uid
+
+
+def user_home(tmp_path):
+    """A home owned by 'nobody' (the attacker in these tests), as /home/<user> is."""
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, NOBODY, -1)
+    return home
+
+
+@needs_root
+def test_directory_is_created_with_owner_and_mode(run, tmp_path):
+    home = user_home(tmp_path)
+    result = run(path=str(home / ".claude" / "settings.json"), owner="nobody", directory_mode="0700").result
+    info = (home / ".claude").stat()
+    assert result["changed"] and stat.S_IMODE(info.st_mode) == 0o700 and info.st_uid == NOBODY
+    (home / ".claude").chmod(0o755)
+    assert run(path=str(home / ".claude" / "settings.json"), owner="nobody", directory_mode="0700").result["changed"]
+    assert stat.S_IMODE((home / ".claude").stat().st_mode) == 0o700
+    assert not run(path=str(home / ".claude" / "settings.json"), owner="nobody", directory_mode="0700").result["changed"]
+
+
+@needs_root
+def test_directory_link_to_a_root_directory_is_refused_and_not_chowned(run, tmp_path):
+    home, victim = user_home(tmp_path), tmp_path / "etc"
+    victim.mkdir(mode=0o755)
+    (victim / "settings.json").write_text('{"root": "secret"}')
+    (home / ".claude").symlink_to(victim)
+    exited = run(path=str(home / ".claude" / "settings.json"), owner="nobody", directory_mode="0700", diff=True)
+    assert exited.failed and "owned by uid 0" in exited.result["msg"] and "Fix:" in exited.result["msg"]
+    assert "/.claude is a link into" in exited.result["msg"]
+    assert "secret" not in json.dumps(exited.result)
+    assert victim.stat().st_uid == 0 and stat.S_IMODE(victim.stat().st_mode) == 0o755
+    assert json.loads((victim / "settings.json").read_text()) == {"root": "secret"}
+
+
+@needs_root
+def test_file_link_to_a_root_file_is_refused_unread(run, tmp_path):
+    home = user_home(tmp_path)
+    secret = tmp_path / "shadow.json"
+    secret.write_text('{"env": {"ROOT_ONLY": "do-not-leak"}}')
+    secret.chmod(0o600)
+    (home / ".claude").mkdir()
+    os.chown(home / ".claude", NOBODY, -1)
+    (home / ".claude" / "settings.json").symlink_to(secret)
+    exited = run(path=str(home / ".claude" / "settings.json"), owner="nobody", directory_mode="0700", diff=True)
+    assert exited.failed and "is a link into" in exited.result["msg"] and "owned by uid 0" in exited.result["msg"]
+    assert "do-not-leak" not in json.dumps(exited.result)
+    assert (home / ".claude" / "settings.json").is_symlink() and backups(home / ".claude" / "settings.json") == []
+    assert secret.stat().st_uid == 0 and secret.read_text() == '{"env": {"ROOT_ONLY": "do-not-leak"}}'
+
+
+@needs_root
+def test_links_into_the_users_own_dotfiles_are_followed_and_kept(run, tmp_path):
+    home = user_home(tmp_path)
+    dotfiles = home / "dotfiles" / "claude"
+    dotfiles.mkdir(parents=True)
+    for directory in (home / "dotfiles", dotfiles):
+        os.chown(directory, NOBODY, -1)
+    write(dotfiles / "settings.json", USER_FILE)
+    os.chown(dotfiles / "settings.json", NOBODY, -1)
+    (home / ".claude").mkdir()
+    os.chown(home / ".claude", NOBODY, -1)
+    link = home / ".claude" / "settings.json"
+    link.symlink_to("../dotfiles/claude/settings.json")
+    result = run(path=str(link), owner="nobody", directory_mode="0700").result
+    assert result["changed"] and result["followed_link_to"] == str(dotfiles / "settings.json")
+    assert link.is_symlink(), "the user's link must stay a link"
+    written = json.loads(link.read_text())
+    assert written["permissions"] == USER_FILE["permissions"] and written["model"] == "sonnet"
+    assert len(backups(dotfiles / "settings.json")) == 1
+    assert not run(path=str(link), owner="nobody", directory_mode="0700").result["changed"]
+
+
+@needs_root
+def test_file_link_to_a_root_file_in_the_users_directory_is_refused(run, tmp_path):
+    home = user_home(tmp_path)
+    (home / ".claude").mkdir()
+    os.chown(home / ".claude", NOBODY, -1)
+    planted = home / ".claude" / "elsewhere.json"
+    planted.write_text('{"env": {"ROOT_ONLY": "do-not-leak"}}')  # root-owned, in a directory the user owns
+    (home / ".claude" / "settings.json").symlink_to(planted)
+    exited = run(path=str(home / ".claude" / "settings.json"), owner="nobody", diff=True)
+    assert exited.failed and "a file owned by uid 0" in exited.result["msg"]
+    assert "do-not-leak" not in json.dumps(exited.result)
+
+
+@needs_root
+def test_hard_link_to_another_users_file_is_refused(run, tmp_path):
+    home = user_home(tmp_path)
+    (home / ".claude").mkdir()
+    os.chown(home / ".claude", NOBODY, -1)
+    secret = home / ".claude" / "root-owned.json"
+    secret.write_text('{"env": {"ROOT_ONLY": "do-not-leak"}}')
+    os.link(secret, home / ".claude" / "settings.json")
+    exited = run(path=str(home / ".claude" / "settings.json"), owner="nobody", diff=True)
+    assert exited.failed and "hard link" in exited.result["msg"]
+    assert "do-not-leak" not in json.dumps(exited.result)
+
+
+def test_fifo_is_refused_without_blocking(run, tmp_path):
+    os.mkfifo(tmp_path / "settings.json")
+    exited = run(path=str(tmp_path / "settings.json"))
+    assert exited.failed and "a FIFO" in exited.result["msg"]
+
+
+def test_missing_home_is_named(run, tmp_path):
+    exited = run(path=str(tmp_path / "no-home" / ".claude" / "settings.json"), directory_mode="0700")
+    assert exited.failed and "no-home does not exist" in exited.result["msg"]
