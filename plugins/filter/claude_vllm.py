@@ -145,6 +145,23 @@ def context_tokens_problem(value, max_model_len, variable="claude_code_max_conte
     return ""
 
 
+BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # RFC 6750, section 2.1: b64token
+TOKEN_CHARACTER_KINDS = (
+    ("a backslash", lambda char: char == "\\"),
+    ("a quote", lambda char: char in "\"'`"),
+    ("whitespace", str.isspace),
+    ("a non-ASCII character", lambda char: not char.isascii()),
+    ("other punctuation", lambda char: char.isascii() and not char.isalnum() and not char.isspace()
+     and char not in "\\\"'`._~+/-="),
+)
+
+
+def _token_character_kinds(token):
+    """Name the kinds of characters that keep `token` from being a Bearer token, never the characters."""
+    kinds = [kind for kind, test in TOKEN_CHARACTER_KINDS if any(test(char) for char in token)]
+    return kinds or ["an '=' before the end"]
+
+
 def token_problem(value, variable="llm_api_token"):
     if value is None or not str(value).strip():
         return (f"{variable} is empty. Claude Code must send ANTHROPIC_AUTH_TOKEN (an Authorization: Bearer "
@@ -152,6 +169,13 @@ def token_problem(value, variable="llm_api_token"):
                 f"does not enforce one; a real secret from ansible-vault when it does).")
     if str(value) != str(value).strip() or "\n" in str(value):
         return f"{variable} has surrounding whitespace or a newline; the server would reject it. Fix: strip it."
+    if not BEARER_TOKEN.fullmatch(str(value)):
+        found = ", ".join(_token_character_kinds(str(value)))
+        return (f"{variable} holds characters an 'Authorization: Bearer' token cannot carry ({found}; "
+                f"the value is not shown). RFC 6750 allows letters, digits and - . _ ~ + / then trailing '='. "
+                f"Measured: systemd's EnvironmentFile drops a backslash from the server's key, so Claude Code "
+                f"gets \"API Error: 401\"; Node.js refuses non-ASCII header values. "
+                f"Fix: use a token such as the output of 'openssl rand -hex 32'.")
     return ""
 
 

@@ -99,6 +99,26 @@ def test_token_checks():
     assert "whitespace" in filters.token_problem("abc\n")
 
 
+@pytest.mark.parametrize("token", ["dummy", "sk-fleet.2026_a~b+c/d", "aGVsbG8gd29ybGQ=", "Zm9v==",
+                                   "0123456789abcdef" * 4])
+def test_bearer_tokens_are_accepted(token):
+    assert filters.token_problem(token) == ""
+
+
+@pytest.mark.parametrize("token, kind", [
+    ("ab\\cd", "a backslash"),             # systemd's EnvironmentFile drops it from the server's key
+    ('pa"ss', "a quote"),
+    ("two words", "whitespace"),
+    ("pässwort", "a non-ASCII character"),
+    ("p@ss!word", "other punctuation"),
+    ("ab=cd", "an '=' before the end"),
+])
+def test_tokens_outside_the_bearer_syntax_are_refused_without_showing_them(token, kind):
+    message = filters.token_problem(token)
+    assert kind in message and "llm_api_token" in message and "Fix:" in message
+    assert token not in message
+
+
 def test_users_normalised_and_checked():
     entries = filters.normalize_claude_code_users(["alice", {"name": "bob", "env": {"X": "1"}}, {"env": {}}])
     assert entries[:2] == [{"name": "alice", "env": {}}, {"name": "bob", "env": {"X": "1"}}]
