@@ -2,10 +2,12 @@
 
 smoke_table(hostvars, hosts, fact)
     A list of text lines: a table (host, user, base URL, served name, each step's result and latency), then
-    each failure with its diagnosis, then the hosts that gave no result (unreachable, or failed earlier in the
+    each failure with its diagnosis, the hosts not tested because a check-mode run found the tools not
+    installed yet, then the hosts that gave no result (unreachable, or failed earlier in the
     run): the hosts that need attention.
 smoke_needs_attention(hostvars, hosts, fact)
-    The names of the hosts with a failed user or no result at all.
+    The names of the hosts with a failed user or no result at all (not those a check-mode run found
+    not installed yet).
 """
 
 from __future__ import annotations
@@ -45,10 +47,15 @@ def smoke_table(hostvars, hosts, fact="claude_code_smoke_result"):
     rows = []
     failures = []
     missing = []
+    pending = []
     for host in hosts or []:
         result = _result(hostvars, host, fact)
         if result is None:
             missing.append(host)
+            continue
+        if result.get("not_installed"):
+            pending.append(f"{host}: not tested: {', '.join(result['not_installed'])} not installed yet "
+                           "(check mode; the run would install them).")
             continue
         for user in result["users"]:
             steps = user.get("steps", {})
@@ -62,7 +69,9 @@ def smoke_table(hostvars, hosts, fact="claude_code_smoke_result"):
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
     passed = sum(1 for r in rows if r[-1] == "PASS")
-    lines.append(f"{passed} of {len(rows)} user(s) passed on {len(hosts or []) - len(missing)} host(s).")
+    tested = len(hosts or []) - len(missing) - len(pending)
+    lines.append(f"{passed} of {len(rows)} user(s) passed on {tested} host(s).")
+    lines.extend(pending)
     if failures:
         lines.append("Failures (cause, symptom, fix):")
         lines.extend(failures)

@@ -17,6 +17,8 @@ description:
     expects exit status 0 and a non-empty reply.
   - Never changes anything it manages and never fails by itself; the caller decides from C(ok).
     In check mode only the doctor runs (C(claude -p) writes session files under the user's home).
+    In check mode on a machine the role has not installed yet (no doctor or CLI), nothing is tested:
+    the result says which tools the run would install (RV(not_installed)) and RV(ok) stays true.
 options:
   users:
     description: Account names to test. Each must exist on the host.
@@ -73,8 +75,13 @@ ok:
   description: Every user passed every step.
   returned: always
   type: bool
+not_installed:
+  description: In check mode, the tools that are not installed yet (the run would install them); nothing was tested.
+  returned: always
+  type: list
+  elements: str
 users:
-  description: One entry per user.
+  description: One entry per user (empty when RV(not_installed) is not).
   returned: always
   type: list
   elements: dict
@@ -289,15 +296,18 @@ def main():
     )
     if os.geteuid() != 0:
         module.fail_json(msg="claude_code_smoke runs each test as its user: it needs root (become: true).")
-    for key in ("doctor",) + (("claude",) if module.params["run_claude"] else ()):
-        path = module.params[key]
-        if not os.access(path, os.X_OK):
-            module.fail_json(msg="{} ({}) is not an executable file. Fix: run the claude_code role first "
-                                 "(it installs both), or set the module's {} option.".format(key, path, key))
+    missing = [key for key in ("doctor",) + (("claude",) if module.params["run_claude"] else ())
+               if not os.access(module.params[key], os.X_OK)]
+    if missing and module.check_mode:
+        module.exit_json(changed=False, ok=True, users=[], not_installed=[module.params[key] for key in missing],
+                         msg="Not installed yet (the run would install it): nothing to test in check mode.")
+    for key in missing:
+        module.fail_json(msg="{} ({}) is not an executable file. Fix: run the claude_code role first "
+                             "(it installs both), or set the module's {} option.".format(key, module.params[key], key))
     if not module.params["users"]:
         module.fail_json(msg="users is empty: there is nobody to test. Fix: set claude_code_users.")
     results = [test_user(module, name) for name in module.params["users"]]
-    module.exit_json(changed=False, ok=all(r["ok"] for r in results), users=results)
+    module.exit_json(changed=False, ok=all(r["ok"] for r in results), users=results, not_installed=[])
 
 
 if __name__ == "__main__":

@@ -6,8 +6,13 @@ The whole path (doctor + real `claude -p` as each user against the real vLLM) ru
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+
+import pytest
+from ansible.module_utils import basic
+from ansible.module_utils.common.text.converters import to_bytes
 
 from conftest import REPO, load_plugin
 
@@ -107,3 +112,51 @@ def test_table_lists_every_user_failures_and_hosts_without_result():
     assert "ws-2 / carol: ANTHROPIC_BASE_URL: ends in /v1" in lines
     assert any(line.startswith("ws-3: no smoke result") for line in lines)
     assert report_filters.smoke_needs_attention(hostvars, ["ws-1", "ws-2", "ws-3"], "smoke") == ["ws-2", "ws-3"]
+
+
+def test_table_shows_hosts_a_check_run_found_not_installed_without_attention():
+    hostvars = {
+        "ws-1": {"smoke": {"users": [user_result("alice", True)], "not_installed": []}},
+        "new-laptop": {"smoke": {"users": [], "not_installed": ["/usr/local/bin/claude-vllm-doctor"]}},
+    }
+    lines = report_filters.smoke_table(hostvars, ["ws-1", "new-laptop"], "smoke")
+    assert "1 of 1 user(s) passed on 1 host(s)." in lines
+    assert ("new-laptop: not tested: /usr/local/bin/claude-vllm-doctor not installed yet (check mode; the run "
+            "would install them).") in lines
+    assert report_filters.smoke_needs_attention(hostvars, ["ws-1", "new-laptop"], "smoke") == []
+
+
+def run_smoke_module(monkeypatch, tmp_path, check_mode):
+    """The module's main() with these arguments; returns (result, failed)."""
+    outcome = {}
+
+    def finish(failed):
+        def _finish(self, **kwargs):
+            outcome.update(result=kwargs, failed=failed)
+            raise SystemExit(1 if failed else 0)
+        return _finish
+
+    monkeypatch.setattr(basic.AnsibleModule, "exit_json", finish(False))
+    monkeypatch.setattr(basic.AnsibleModule, "fail_json", finish(True))
+    args = dict(users=["root"], doctor=str(tmp_path / "no-doctor"), claude=str(tmp_path / "no-claude"),
+                _ansible_check_mode=check_mode, _ansible_remote_tmp=str(tmp_path), _ansible_keep_remote_files=False)
+    monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args})))
+    monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy", raising=False)
+    try:
+        smoke.main()
+    except SystemExit:
+        pass
+    return outcome["result"], outcome["failed"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the module runs each test as its user: it needs root")
+def test_check_mode_on_a_machine_not_installed_yet_tests_nothing_and_passes(monkeypatch, tmp_path):
+    result, failed = run_smoke_module(monkeypatch, tmp_path, check_mode=True)
+    assert not failed and result["ok"] and result["users"] == []
+    assert result["not_installed"] == [str(tmp_path / "no-doctor"), str(tmp_path / "no-claude")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the module runs each test as its user: it needs root")
+def test_a_real_run_without_the_tools_fails_naming_the_fix(monkeypatch, tmp_path):
+    result, failed = run_smoke_module(monkeypatch, tmp_path, check_mode=False)
+    assert failed and "no-doctor" in result["msg"] and "Fix: run the claude_code role first" in result["msg"]
