@@ -238,6 +238,14 @@ def user_home(tmp_path):
     return home
 
 
+def user_claude_dir(tmp_path):
+    """That home's ~/.claude, a real directory owned by 'nobody'."""
+    claude = user_home(tmp_path) / ".claude"
+    claude.mkdir()
+    os.chown(claude, NOBODY, -1)
+    return claude
+
+
 @needs_root
 def test_directory_is_created_with_owner_and_mode(run, tmp_path):
     home = user_home(tmp_path)
@@ -266,32 +274,28 @@ def test_directory_link_to_a_root_directory_is_refused_and_not_chowned(run, tmp_
 
 @needs_root
 def test_file_link_to_a_root_file_is_refused_unread(run, tmp_path):
-    home = user_home(tmp_path)
+    claude = user_claude_dir(tmp_path)
     secret = tmp_path / "shadow.json"
     secret.write_text('{"env": {"ROOT_ONLY": "do-not-leak"}}')
     secret.chmod(0o600)
-    (home / ".claude").mkdir()
-    os.chown(home / ".claude", NOBODY, -1)
-    (home / ".claude" / "settings.json").symlink_to(secret)
-    exited = run(path=str(home / ".claude" / "settings.json"), owner="nobody", directory_mode="0700", diff=True)
+    (claude / "settings.json").symlink_to(secret)
+    exited = run(path=str(claude / "settings.json"), owner="nobody", directory_mode="0700", diff=True)
     assert exited.failed and "is a link into" in exited.result["msg"] and "owned by uid 0" in exited.result["msg"]
     assert "do-not-leak" not in json.dumps(exited.result)
-    assert (home / ".claude" / "settings.json").is_symlink() and backups(home / ".claude" / "settings.json") == []
+    assert (claude / "settings.json").is_symlink() and backups(claude / "settings.json") == []
     assert secret.stat().st_uid == 0 and secret.read_text() == '{"env": {"ROOT_ONLY": "do-not-leak"}}'
 
 
 @needs_root
 def test_links_into_the_users_own_dotfiles_are_followed_and_kept(run, tmp_path):
-    home = user_home(tmp_path)
-    dotfiles = home / "dotfiles" / "claude"
+    claude = user_claude_dir(tmp_path)
+    dotfiles = claude.parent / "dotfiles" / "claude"
     dotfiles.mkdir(parents=True)
-    for directory in (home / "dotfiles", dotfiles):
+    for directory in (claude.parent / "dotfiles", dotfiles):
         os.chown(directory, NOBODY, -1)
     write(dotfiles / "settings.json", USER_FILE)
     os.chown(dotfiles / "settings.json", NOBODY, -1)
-    (home / ".claude").mkdir()
-    os.chown(home / ".claude", NOBODY, -1)
-    link = home / ".claude" / "settings.json"
+    link = claude / "settings.json"
     link.symlink_to("../dotfiles/claude/settings.json")
     result = run(path=str(link), owner="nobody", directory_mode="0700").result
     assert result["changed"] and result["followed_link_to"] == str(dotfiles / "settings.json")
@@ -304,26 +308,22 @@ def test_links_into_the_users_own_dotfiles_are_followed_and_kept(run, tmp_path):
 
 @needs_root
 def test_file_link_to_a_root_file_in_the_users_directory_is_refused(run, tmp_path):
-    home = user_home(tmp_path)
-    (home / ".claude").mkdir()
-    os.chown(home / ".claude", NOBODY, -1)
-    planted = home / ".claude" / "elsewhere.json"
+    claude = user_claude_dir(tmp_path)
+    planted = claude / "elsewhere.json"
     planted.write_text('{"env": {"ROOT_ONLY": "do-not-leak"}}')  # root-owned, in a directory the user owns
-    (home / ".claude" / "settings.json").symlink_to(planted)
-    exited = run(path=str(home / ".claude" / "settings.json"), owner="nobody", diff=True)
+    (claude / "settings.json").symlink_to(planted)
+    exited = run(path=str(claude / "settings.json"), owner="nobody", diff=True)
     assert exited.failed and "a file owned by uid 0" in exited.result["msg"]
     assert "do-not-leak" not in json.dumps(exited.result)
 
 
 @needs_root
 def test_hard_link_to_another_users_file_is_refused(run, tmp_path):
-    home = user_home(tmp_path)
-    (home / ".claude").mkdir()
-    os.chown(home / ".claude", NOBODY, -1)
-    secret = home / ".claude" / "root-owned.json"
+    claude = user_claude_dir(tmp_path)
+    secret = claude / "root-owned.json"
     secret.write_text('{"env": {"ROOT_ONLY": "do-not-leak"}}')
-    os.link(secret, home / ".claude" / "settings.json")
-    exited = run(path=str(home / ".claude" / "settings.json"), owner="nobody", diff=True)
+    os.link(secret, claude / "settings.json")
+    exited = run(path=str(claude / "settings.json"), owner="nobody", diff=True)
     assert exited.failed and "hard link" in exited.result["msg"]
     assert "do-not-leak" not in json.dumps(exited.result)
 
