@@ -226,6 +226,7 @@ def _settle_directory(location, directory, trusted_uid, uid, gid, dir_mode, chec
         # A link the user made (a dotfiles manager): followed only into a directory the owner owns,
         # and left as it is.
         location.dir_fd = _open_directory(directory, trusted_uid, link=directory)
+        location.real_path = os.path.join(os.path.realpath(directory), location.name)
         return
     location.dir_fd = _open_directory(directory, trusted_uid)
     opened = os.fstat(location.dir_fd)

@@ -318,6 +318,24 @@ def test_file_link_to_a_root_file_in_the_users_directory_is_refused(run, tmp_pat
 
 
 @needs_root
+def test_a_claude_directory_linked_into_the_users_dotfiles_is_followed_and_kept(run, tmp_path):
+    home = user_home(tmp_path)
+    stowed = home / "dotfiles" / "claude"  # GNU stow's layout: ~/.claude -> dotfiles/claude
+    stowed.mkdir(parents=True, mode=0o755)
+    for directory in (home / "dotfiles", stowed):
+        os.chown(directory, NOBODY, -1)
+    (home / ".claude").symlink_to("dotfiles/claude")
+    path = home / ".claude" / "settings.json"
+    result = run(path=str(path), owner="nobody", directory_mode="0700").result
+    assert result["changed"] and result["created"]
+    assert result["followed_link_to"] == str(stowed / "settings.json")
+    assert (home / ".claude").is_symlink() and stat.S_IMODE(stowed.stat().st_mode) == 0o755
+    assert (stowed / "settings.json").stat().st_uid == NOBODY
+    assert json.loads(path.read_text())["model"] == "sonnet"
+    assert not run(path=str(path), owner="nobody", directory_mode="0700").result["changed"]
+
+
+@needs_root
 def test_hard_link_to_another_users_file_is_refused(run, tmp_path):
     claude = user_claude_dir(tmp_path)
     secret = claude / "root-owned.json"
