@@ -192,6 +192,19 @@ def _kind(mode):
     return "not a regular file"
 
 
+def _attributes_differ(info, mode, uid, gid):
+    """Whether a stat result differs from the wanted mode, owner and group (-1: any owner or group)."""
+    return (stat.S_IMODE(info.st_mode) != mode or (uid != -1 and info.st_uid != uid)
+            or (gid != -1 and info.st_gid != gid))
+
+
+def _set_attributes(fd, mode, uid, gid):
+    """Give an open file or directory its mode, then its owner and group (-1: leave as is)."""
+    os.fchmod(fd, mode)
+    if uid != -1 or gid != -1:
+        os.fchown(fd, uid, gid)
+
+
 def _open_directory(directory, trusted_uid, link=None):
     """Open `directory` (links followed). When reached through `link`, refuse one `trusted_uid` does not own."""
     dir_fd = os.open(directory, DIRECTORY_FLAGS)
@@ -234,12 +247,10 @@ def _settle_directory(location, directory, trusted_uid, uid, gid, dir_mode, chec
         raise UnsafePath(f"{directory} was replaced while it was being opened")
     if dir_mode is None:
         return
-    wrong_owner = (uid != -1 and opened.st_uid != uid) or (gid != -1 and opened.st_gid != gid)
-    if wrong_owner or stat.S_IMODE(opened.st_mode) != dir_mode:
+    if _attributes_differ(opened, dir_mode, uid, gid):
         location.directory_changed = True
         if not check_mode:
-            os.fchown(location.dir_fd, uid, gid)
-            os.fchmod(location.dir_fd, dir_mode)
+            _set_attributes(location.dir_fd, dir_mode, uid, gid)
 
 
 def _open_file(location, trusted_uid, followed):
@@ -301,15 +312,15 @@ def locate_settings(path, uid, gid, dir_mode=None, check_mode=False):
 
 
 def parse_settings(path, raw):
-    """Return settings from the file's bytes (None when missing). Raise InvalidSettings when unusable."""
+    """Return (settings, text) from the file's bytes (None when missing: text None). Raise InvalidSettings."""
     if raw is None:
-        return {}
+        return {}, None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidSettings(f"{path} is not UTF-8 text ({exc})", raw.decode("utf-8", "replace")) from exc
     if not text.strip():
-        return {}
+        return {}, text
     try:
         settings = json.loads(text)
     except ValueError as exc:
@@ -318,7 +329,7 @@ def parse_settings(path, raw):
         raise InvalidSettings(f"{path} holds a JSON {type(settings).__name__}, not an object", text)
     if not isinstance(settings.get("env", {}), dict):
         raise InvalidSettings(f"{path}: 'env' is a {type(settings['env']).__name__}, not an object", text)
-    return settings
+    return settings, text
 
 
 def merge_settings(current, model, env, secret_env, remove_env):
@@ -357,9 +368,7 @@ def _create_exclusive(dir_fd, name, data, mode, uid, gid):
     """Create `name` in the directory (never through a link, never over a file) holding `data`."""
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
     try:
-        os.fchmod(fd, mode)
-        if uid != -1 or gid != -1:
-            os.fchown(fd, uid, gid)
+        _set_attributes(fd, mode, uid, gid)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
@@ -406,9 +415,7 @@ def make_backup(location, mode, uid, gid, move=False):
         os.replace(location.name, destination, src_dir_fd=location.dir_fd, dst_dir_fd=location.dir_fd)
         fd = os.open(destination, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=location.dir_fd)
         try:
-            os.fchmod(fd, mode)
-            if uid != -1 or gid != -1:
-                os.fchown(fd, uid, gid)
+            _set_attributes(fd, mode, uid, gid)
         finally:
             os.close(fd)
     else:
@@ -419,17 +426,14 @@ def make_backup(location, mode, uid, gid, move=False):
 def fix_attributes(location, mode, uid, gid):
     """Set owner and mode of the unchanged file (opened without following links). Returns whether it changed."""
     info = location.file_stat
-    if (stat.S_IMODE(info.st_mode) == mode and (uid == -1 or info.st_uid == uid)
-            and (gid == -1 or info.st_gid == gid)):
+    if not _attributes_differ(info, mode, uid, gid):
         return False
     fd = os.open(location.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=location.dir_fd)
     try:
         current = os.fstat(fd)
         if (current.st_dev, current.st_ino) != (info.st_dev, info.st_ino):
             raise UnsafePath(f"{location.real_path} was replaced while it was being updated")
-        os.fchmod(fd, mode)
-        if uid != -1 or gid != -1:
-            os.fchown(fd, uid, gid)
+        _set_attributes(fd, mode, uid, gid)
     finally:
         os.close(fd)
     return True
@@ -505,8 +509,7 @@ def run_merge(module, location, mode, uid, gid):
         result["followed_link_to"] = location.real_path
     replace_invalid = False
     try:
-        current = parse_settings(location.real_path, location.raw)
-        old_text = None if location.raw is None else location.raw.decode("utf-8")
+        current, old_text = parse_settings(location.real_path, location.raw)
     except InvalidSettings as exc:
         if params["on_invalid_json"] == "fail":
             module.fail_json(
@@ -541,10 +544,7 @@ def run_merge(module, location, mode, uid, gid):
             write_atomically(location.dir_fd, location.name, render(merged), mode, uid, gid)
     elif location.file_stat is not None:
         if module.check_mode:
-            info = location.file_stat
-            drift = (stat.S_IMODE(info.st_mode) != mode or (uid != -1 and info.st_uid != uid)
-                     or (gid != -1 and info.st_gid != gid))
-            result["changed"] = result["changed"] or drift
+            result["changed"] = result["changed"] or _attributes_differ(location.file_stat, mode, uid, gid)
         else:
             result["changed"] = fix_attributes(location, mode, uid, gid) or result["changed"]
     return result
