@@ -13,6 +13,9 @@ description:
     exactly O(served_model_name).
   - When O(unit) is given, also waits until systemd counts the unit as C(active) (the role's units
     stay C(activating) until their own C(/health) probe has answered).
+  - When O(unit) is given and the server exits while it is waited for (systemd restarts it, or
+    gives up and marks it C(failed)), fails at once with the server's own last lines before the
+    exit, instead of waiting out O(timeout) for a server that cannot start.
   - On timeout fails with what was served instead (or the last connection error) and the last
     lines of the systemd unit's journal, so a model that cannot load is diagnosed in one run.
   - Read-only; in check mode it checks once and does not wait.
@@ -30,7 +33,9 @@ options:
     description: Token sent as C(Authorization Bearer) when the server enforces one.
     type: str
   unit:
-    description: systemd unit that must be C(active), and whose journal is shown on failure.
+    description:
+      - systemd unit that must be C(active), and whose journal is shown on failure.
+      - Its restart counter is watched: a server that exits while starting fails the wait at once.
     type: str
   timeout:
     description: Seconds to wait in total.
@@ -75,6 +80,10 @@ waited:
   description: Seconds spent waiting.
   returned: always
   type: float
+exited:
+  description: Whether the server exited while it was waited for (then the wait failed at once).
+  returned: when O(unit) is given
+  type: bool
 """
 
 import json
@@ -126,24 +135,40 @@ def check_once(url, served_model_name, api_key):
 
 
 def unit_state(module, unit):
-    """The unit's ActiveState, or None when there is no unit or no systemctl to ask."""
+    """(ActiveState, NRestarts) of the unit, or (None, None) when there is no unit or no systemctl."""
     systemctl = module.get_bin_path("systemctl") if unit else None
     if not systemctl:
-        return None
-    result = subprocess.run([systemctl, "show", "--property=ActiveState", "--value", unit],
+        return None, None
+    result = subprocess.run([systemctl, "show", "--property=ActiveState", "--property=NRestarts", unit],
                             capture_output=True, text=True, check=False)
-    return result.stdout.strip() or "unknown"
+    properties = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    restarts = properties.get("NRestarts", "")
+    return properties.get("ActiveState") or "unknown", int(restarts) if restarts.isdigit() else None
 
 
-def journal_tail(module, unit, lines):
+# systemd's own line when a service's main process ends (journalctl -u UNIT -o cat).
+MAIN_PROCESS_EXITED = "Main process exited"
+
+
+def last_lines_before_exit(journal, lines):
+    """The `lines` lines up to and including the last "Main process exited" line: the server's own
+    error, not the start of the attempt systemd has made since. The whole tail when there is none."""
+    entries = journal.splitlines()
+    exits = [index for index, entry in enumerate(entries) if MAIN_PROCESS_EXITED in entry]
+    end = exits[-1] + 1 if exits else len(entries)
+    return "\n".join(entries[max(0, end - lines):end]) + "\n"
+
+
+def journal_tail(module, unit, lines, exited=False):
     if not unit:
         return ""
     journalctl = module.get_bin_path("journalctl")
     if not journalctl:
         return ""
-    result = subprocess.run([journalctl, "-u", unit, "-n", str(lines), "--no-pager", "-o", "cat"],
+    result = subprocess.run([journalctl, "-u", unit, "-n", str(lines * 10 if exited else lines),
+                             "--no-pager", "-o", "cat"],
                             capture_output=True, text=True, check=False)
-    return result.stdout
+    return last_lines_before_exit(result.stdout, lines) if exited and result.stdout else result.stdout
 
 
 def main():
@@ -161,24 +186,36 @@ def main():
     )
     params = module.params
     url = params["url"].rstrip("/")
+    unit = params["unit"]
     started = time.monotonic()
     deadline = started + params["timeout"]
+    _state, first_restarts = unit_state(module, unit)
+    exited = False
     while True:
         ready, problem, served, max_model_len = check_once(url, params["served_model_name"], params["api_key"])
-        state = unit_state(module, params["unit"])
+        state, restarts = unit_state(module, unit)
         if ready and state not in (None, "active"):
-            ready, problem = False, f"{params['unit']} is {state}, not active"
+            ready, problem = False, f"{unit} is {state}, not active"
         waited = round(time.monotonic() - started, 1)
         if ready:
-            module.exit_json(changed=False, served=served, max_model_len=max_model_len, waited=waited)
+            module.exit_json(changed=False, served=served, max_model_len=max_model_len, waited=waited,
+                             **({"exited": False} if unit else {}))
+        if state == "failed" or None not in (restarts, first_restarts) and restarts > first_restarts:
+            exited = True
+            problem = (f"{unit} exited while starting ("
+                       + ("systemd gave up restarting it" if state == "failed"
+                          else f"systemd has restarted it {restarts - first_restarts} time(s) since the wait began")
+                       + "); its own error is in the journal lines below, the fix is there")
+            break
         if module.check_mode or time.monotonic() >= deadline:
             break
         time.sleep(params["interval"])
-    journal = journal_tail(module, params["unit"], params["journal_lines"])
+    journal = journal_tail(module, unit, params["journal_lines"], exited)
+    what = f"was not ready after {waited} s" if not exited else f"stopped after {waited} s of waiting"
     module.fail_json(
-        msg=(f"vLLM at {url} was not ready after {waited} s: {problem}."
-             + (f" Last lines of {params['unit']}'s journal:\n{journal}" if journal else "")),
-        served=served, waited=waited)
+        msg=(f"vLLM at {url} {what}: {problem}."
+             + (f" Last lines of {unit}'s journal:\n{journal}" if journal else "")),
+        served=served, waited=waited, **({"exited": exited} if unit else {}))
 
 
 if __name__ == "__main__":

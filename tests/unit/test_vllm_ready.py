@@ -1,0 +1,111 @@
+"""vllm_ready: what it asks the server over real HTTP, and which journal lines it shows after a crash.
+
+The systemd side (a server that exits while starting fails the wait at once) runs for real in
+molecule/vllm (operator_checks.yml, "a typo in vllm_extra_args").
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from conftest import load_plugin
+
+ready = load_plugin("plugins/modules/vllm_ready.py", "vllm_ready_module")
+
+
+class FakeVllmServer(BaseHTTPRequestHandler):
+    """Answers /health and /v1/models the way vLLM's OpenAI server does (a real HTTP server)."""
+
+    served = ["Qwen3.5-27B"]
+    token = None
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        if self.path == "/health":
+            self._answer(200, b"")
+        elif self.path == "/v1/models":
+            if self.token and self.headers.get("Authorization") != f"Bearer {self.token}":
+                self._answer(401, b'{"error": "Unauthorized"}')
+            else:
+                data = [{"id": name, "object": "model", "max_model_len": 32768} for name in self.served]
+                self._answer(200, json.dumps({"object": "list", "data": data}).encode())
+        else:
+            self._answer(404, b"")
+
+    def _answer(self, status, body):
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args):
+        pass
+
+
+@pytest.fixture()
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeVllmServer)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    FakeVllmServer.served, FakeVllmServer.token = ["Qwen3.5-27B"], None
+
+
+def test_ready_when_exactly_the_served_name_is_listed(server):
+    _httpd, url = server
+    assert ready.check_once(url, "Qwen3.5-27B", None) == (True, "", ["Qwen3.5-27B"], 32768)
+
+
+def test_another_name_is_named_with_the_cause(server):
+    _httpd, url = server
+    FakeVllmServer.served = ["Qwen/Qwen3.5-27B"]
+    ok, problem, served, _ = ready.check_once(url, "Qwen3.5-27B", None)
+    assert not ok and served == ["Qwen/Qwen3.5-27B"]
+    assert "--served-model-name does not match served_model_name" in problem
+
+
+def test_a_wrong_token_is_named(server):
+    _httpd, url = server
+    FakeVllmServer.token = "right"
+    assert ready.check_once(url, "Qwen3.5-27B", "right")[0]
+    ok, problem, _, _ = ready.check_once(url, "Qwen3.5-27B", "wrong")
+    assert not ok and "401" in problem and "llm_api_token" in problem
+
+
+def test_no_server_is_a_connection_problem():
+    ok, problem, served, _ = ready.check_once("http://127.0.0.1:9", "Qwen3.5-27B", None)
+    assert not ok and served == [] and "no answer from http://127.0.0.1:9/health" in problem
+
+
+# `journalctl -u vllm-main.service -o cat` after a typo in vllm_extra_args: systemd has already
+# started the next attempt, whose first lines would hide the error in a plain tail.
+CRASH_JOURNAL = """\
+Starting vllm-main.service - vLLM serving Qwen3.5-27B on port 8000 (instance main)...
+usage: api_server.py [-h] [--host HOST] [--port PORT]
+api_server.py: error: unrecognized arguments: --no-such-flag
+vllm-main.service: Main process exited, code=exited, status=2/INVALIDARGUMENT
+vLLM exited before http://127.0.0.1:8000/health answered
+vllm-main.service: Control process exited, code=exited, status=1/FAILURE
+vllm-main.service: Failed with result 'exit-code'.
+vllm-main.service: Scheduled restart job, restart counter is at 1.
+Starting vllm-main.service - vLLM serving Qwen3.5-27B on port 8000 (instance main)...
+INFO 11-25 10:01:02 [__init__.py:216] Automatically detected platform cpu.
+"""
+
+
+def test_after_a_crash_the_lines_end_at_the_exit():
+    excerpt = ready.last_lines_before_exit(CRASH_JOURNAL, 3)
+    assert excerpt.splitlines() == [
+        "usage: api_server.py [-h] [--host HOST] [--port PORT]",
+        "api_server.py: error: unrecognized arguments: --no-such-flag",
+        "vllm-main.service: Main process exited, code=exited, status=2/INVALIDARGUMENT",
+    ]
+
+
+def test_without_an_exit_the_tail_is_kept():
+    journal = "one\ntwo\nthree\n"
+    assert ready.last_lines_before_exit(journal, 2) == "two\nthree\n"
