@@ -13,9 +13,11 @@ description:
     exactly O(served_model_name).
   - When O(unit) is given, also waits until systemd counts the unit as C(active) (the role's units
     stay C(activating) until their own C(/health) probe has answered).
-  - When O(unit) is given and the server exits while it is waited for (systemd restarts it, or
-    gives up and marks it C(failed)), fails at once with the server's own last lines before the
-    exit, instead of waiting out O(timeout) for a server that cannot start.
+  - When O(unit) is given and the server exits while it is waited for more often than
+    O(restarts_allowed) (systemd restarts it each time), or systemd gives up and marks it
+    C(failed), fails at once with the server's own last lines before the exit, instead of waiting
+    out O(timeout) for a server that cannot start. An exit within O(restarts_allowed) after which
+    the server becomes ready is reported as a warning with the same lines.
   - On timeout fails with what was served instead (or the last connection error) and the last
     lines of the systemd unit's journal, so a model that cannot load is diagnosed in one run.
   - Read-only; in check mode it checks once and does not wait.
@@ -37,6 +39,13 @@ options:
       - systemd unit that must be C(active), and whose journal is shown on failure.
       - Its restart counter is watched: a server that exits while starting fails the wait at once.
     type: str
+  restarts_allowed:
+    description:
+      - Exits (systemd restarts) of the server tolerated while waiting; one more fails the wait.
+      - A server that cannot start (a bad flag, a model that does not fit) exits every time, so it
+        fails after O(restarts_allowed) + 1 exits, typically within a minute or two.
+    type: int
+    default: 1
   timeout:
     description: Seconds to wait in total.
     type: int
@@ -80,10 +89,10 @@ waited:
   description: Seconds spent waiting.
   returned: always
   type: float
-exited:
-  description: Whether the server exited while it was waited for (then the wait failed at once).
+restarts:
+  description: How many times the server exited (and systemd restarted it) while it was waited for.
   returned: when O(unit) is given
-  type: bool
+  type: int
 """
 
 import json
@@ -178,6 +187,7 @@ def main():
             served_model_name=dict(type="str", required=True),
             api_key=dict(type="str", no_log=True),
             unit=dict(type="str"),
+            restarts_allowed=dict(type="int", default=1),
             timeout=dict(type="int", default=1200),
             interval=dict(type="float", default=2),
             journal_lines=dict(type="int", default=30),
@@ -190,32 +200,39 @@ def main():
     started = time.monotonic()
     deadline = started + params["timeout"]
     _state, first_restarts = unit_state(module, unit)
-    exited = False
+    exits = 0
+    gave_up = False
     while True:
         ready, problem, served, max_model_len = check_once(url, params["served_model_name"], params["api_key"])
         state, restarts = unit_state(module, unit)
+        if None not in (restarts, first_restarts):
+            exits = restarts - first_restarts
         if ready and state not in (None, "active"):
             ready, problem = False, f"{unit} is {state}, not active"
         waited = round(time.monotonic() - started, 1)
         if ready:
+            if exits:
+                module.warn(f"{unit} exited {exits} time(s) while starting before it became ready (systemd "
+                            f"restarted it). Its last lines before the exit:\n"
+                            + journal_tail(module, unit, params["journal_lines"], exited=True))
             module.exit_json(changed=False, served=served, max_model_len=max_model_len, waited=waited,
-                             **({"exited": False} if unit else {}))
-        if state == "failed" or None not in (restarts, first_restarts) and restarts > first_restarts:
-            exited = True
+                             **({"restarts": exits} if unit else {}))
+        if state == "failed" or exits > params["restarts_allowed"]:
+            gave_up = True
             problem = (f"{unit} exited while starting ("
                        + ("systemd gave up restarting it" if state == "failed"
-                          else f"systemd has restarted it {restarts - first_restarts} time(s) since the wait began")
-                       + "); its own error is in the journal lines below, the fix is there")
+                          else f"{exits} time(s) since the wait began, each time restarted by systemd")
+                       + "); its own error is in the journal lines below, and the fix with it")
             break
         if module.check_mode or time.monotonic() >= deadline:
             break
         time.sleep(params["interval"])
-    journal = journal_tail(module, unit, params["journal_lines"], exited)
-    what = f"was not ready after {waited} s" if not exited else f"stopped after {waited} s of waiting"
+    journal = journal_tail(module, unit, params["journal_lines"], exited=gave_up)
+    what = f"stopped after {waited} s of waiting" if gave_up else f"was not ready after {waited} s"
     module.fail_json(
         msg=(f"vLLM at {url} {what}: {problem}."
              + (f" Last lines of {unit}'s journal:\n{journal}" if journal else "")),
-        served=served, waited=waited, **({"exited": exited} if unit else {}))
+        served=served, waited=waited, **({"restarts": exits} if unit else {}))
 
 
 if __name__ == "__main__":
