@@ -184,7 +184,8 @@ def clean_stderr(text):
 
 
 def run_doctor(module, account):
-    argv = [module.params["doctor"], "--json", "--timeout", str(module.params["doctor_timeout"]),
+    # --no-project: claude -p runs in an empty directory, so no project settings apply to it either.
+    argv = [module.params["doctor"], "--json", "--no-project", "--timeout", str(module.params["doctor_timeout"]),
             "--prompt", module.params["prompt"]]
     started = time.time()
     proc = subprocess.run(user_command(account, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -66,16 +66,17 @@ def write(path, data):
     return path
 
 
-def run(tmp_path, user=None, managed=None, environ=None, capsys=None):
-    """Run main() --offline --json; return (exit code, parsed report)."""
+def run(tmp_path, user=None, managed=None, environ=None, capsys=None, project=None):
+    """Run main() --offline --json (with --project DIR when given, else --no-project); return (exit code, report)."""
     user_path = tmp_path / "settings.json"
     managed_path = tmp_path / "managed-settings.json"
     if user is not None:
         write(user_path, user)
     if managed is not None:
         write(managed_path, managed)
-    code = doctor.main(["--settings", str(user_path), "--managed", str(managed_path), "--offline", "--json"],
-                       environ=environ or {})
+    project_args = ["--project", str(project)] if project is not None else ["--no-project"]
+    code = doctor.main(["--settings", str(user_path), "--managed", str(managed_path), "--offline", "--json"] +
+                       project_args, environ=environ or {})
     out = capsys.readouterr().out
     return code, json.loads(out)
 
@@ -445,3 +446,67 @@ def test_default_settings_path_is_home(tmp_path):
     assert result.returncode == 0
     report = json.loads(result.stdout)
     assert report["settings"][0]["path"] == str(tmp_path / ".claude" / "settings.json")
+
+
+def project_dir(tmp_path, shared=None, local=None):
+    """A repository whose .claude/ holds the given settings.json (shared) and settings.local.json (local)."""
+    repo = tmp_path / "repo"
+    (repo / ".claude").mkdir(parents=True)
+    if shared is not None:
+        write(repo / ".claude" / "settings.json", shared)
+    if local is not None:
+        write(repo / ".claude" / "settings.local.json", local)
+    return repo
+
+
+def test_project_settings_override_the_user_file(tmp_path, capsys):
+    """CLI 2.1.331 measured: <dir>/.claude/settings.json and settings.local.json win over ~/.claude/settings.json."""
+    repo = project_dir(tmp_path, shared={"env": {"ANTHROPIC_BASE_URL": "http://gpu-01:8000/v1"}},
+                       local={"env": {"ANTHROPIC_AUTH_TOKEN": "other-token"}})
+    code, report = run(tmp_path, WORKING, project=repo, capsys=capsys)
+    assert code == 1
+    assert [(s["kind"], s["status"]) for s in report["settings"]] == [
+        ("user", "loaded"), ("project", "loaded"), ("local", "loaded"), ("managed", "missing")]
+    finding = only_error(report, "base_url.path", "ANTHROPIC_BASE_URL")
+    assert finding["source"] == str(repo / ".claude" / "settings.json") and finding["source_kind"] == "project"
+    assert "fix or remove it there" in finding["fix"]
+    overrides = {f["key"]: f for f in report["findings"] if f["id"] == "settings.project_override"}
+    assert set(overrides) == {"ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN"}
+    assert overrides["ANTHROPIC_AUTH_TOKEN"]["source_kind"] == "local"
+    assert all(f["severity"] == "warning" for f in overrides.values())
+    assert "other-token" not in json.dumps(report) and "dummy" not in json.dumps(report)
+
+
+def test_project_file_equal_to_user_value_or_under_managed_is_quiet(tmp_path, capsys):
+    repo = project_dir(tmp_path, shared={"model": "sonnet", "env": {"ANTHROPIC_BASE_URL": "http://gpu-01:8000"}})
+    code, report = run(tmp_path, WORKING, {"env": {"ANTHROPIC_BASE_URL": "http://gpu-01:8000"}}, project=repo,
+                       capsys=capsys)
+    assert code == 0, errors(report)
+    assert [f for f in report["findings"] if f["id"] == "settings.project_override"] == []
+    assert report["effective"]["base_url"] == "http://gpu-01:8000"
+
+
+def test_project_that_is_the_home_directory_reads_the_user_file_once(tmp_path, capsys):
+    home = tmp_path / "home"
+    (home / ".claude").mkdir(parents=True)
+    user = write(home / ".claude" / "settings.json", WORKING)
+    code = doctor.main(["--settings", str(user), "--managed", str(tmp_path / "none.json"), "--offline", "--json",
+                        "--project", str(home)], environ={})
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert [s["kind"] for s in report["settings"]] == ["user", "managed"]
+
+
+def test_project_defaults_to_the_current_directory(tmp_path):
+    repo = project_dir(tmp_path, shared={"model": SERVED})
+    user = write(tmp_path / "settings.json", WORKING)
+    argv = [sys.executable, str(DOCTOR), "--settings", str(user), "--managed", str(tmp_path / "none"), "--offline",
+            "--json"]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    in_repo = subprocess.run(argv, cwd=str(repo), env=env, stdout=subprocess.PIPE, universal_newlines=True,
+                             timeout=60)
+    assert in_repo.returncode == 1
+    assert [f["id"] for f in errors(json.loads(in_repo.stdout))] == ["model.alias"]
+    without = subprocess.run(argv + ["--no-project"], cwd=str(repo), env=env, stdout=subprocess.PIPE,
+                             universal_newlines=True, timeout=60)
+    assert without.returncode == 0
