@@ -510,3 +510,28 @@ def test_project_defaults_to_the_current_directory(tmp_path):
     without = subprocess.run(argv + ["--no-project"], cwd=str(repo), env=env, stdout=subprocess.PIPE,
                              universal_newlines=True, timeout=60)
     assert without.returncode == 0
+
+
+def test_claude_config_dir_moves_the_user_file(tmp_path, capsys, monkeypatch):
+    """CLI 2.1.331 measured: with CLAUDE_CONFIG_DIR set it reads $CLAUDE_CONFIG_DIR/settings.json, not ~/.claude."""
+    home = tmp_path / "home"
+    (home / ".claude").mkdir(parents=True)
+    write(home / ".claude" / "settings.json", WORKING)
+    other = tmp_path / "other-config"
+    other.mkdir()
+    monkeypatch.setenv("HOME", str(home))  # expanduser("~") for the fleet's file
+    argv = ["--managed", str(tmp_path / "none.json"), "--offline", "--json", "--no-project"]
+    code = doctor.main(argv, environ={"CLAUDE_CONFIG_DIR": str(other)})
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert report["settings"][0]["path"] == str(other / "settings.json")
+    missing = [f for f in errors(report) if f["id"] == "settings.missing"][0]
+    assert missing["fix"].startswith("Unset CLAUDE_CONFIG_DIR")
+    warning = [f for f in report["findings"] if f["id"] == "settings.config_dir"][0]
+    assert warning["severity"] == "warning" and "Not logged in" in warning["symptom"]
+    assert str(home / ".claude" / "settings.json") in warning["fix"]
+    # pointing at the fleet's own directory is fine
+    code = doctor.main(argv, environ={"CLAUDE_CONFIG_DIR": str(home / ".claude")})
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0, errors(report)
+    assert [f["severity"] for f in report["findings"] if f["id"] == "settings.config_dir"] == ["ok"]
