@@ -535,3 +535,10 @@ def test_claude_config_dir_moves_the_user_file(tmp_path, capsys, monkeypatch):
     report = json.loads(capsys.readouterr().out)
     assert code == 0, errors(report)
     assert [f["severity"] for f in report["findings"] if f["id"] == "settings.config_dir"] == ["ok"]
+    # an explicit --settings is read, but the warning still names the file the CLI reads
+    code = doctor.main(argv + ["--settings", str(home / ".claude" / "settings.json")],
+                       environ={"CLAUDE_CONFIG_DIR": str(other)})
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0, errors(report)
+    warning = [f for f in report["findings"] if f["id"] == "settings.config_dir"][0]
+    assert warning["severity"] == "warning" and str(other / "settings.json") in warning["problem"]
