@@ -195,6 +195,9 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
+    if params["restarts_allowed"] < 0:
+        module.fail_json(msg=f"restarts_allowed ({params['restarts_allowed']}) must be 0 or more: 0 fails at the "
+                             "first exit while starting, 1 tolerates one. Nothing was waited for.")
     url = params["url"].rstrip("/")
     unit = params["unit"]
     started = time.monotonic()

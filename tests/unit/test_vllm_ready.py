@@ -7,12 +7,14 @@ molecule/vllm (operator_checks.yml, "a typo in vllm_extra_args").
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import load_plugin
+from conftest import REPO, load_plugin
 
 ready = load_plugin("plugins/modules/vllm_ready.py", "vllm_ready_module")
 
@@ -109,3 +111,15 @@ def test_after_a_crash_the_lines_end_at_the_exit():
 def test_without_an_exit_the_tail_is_kept():
     journal = "one\ntwo\nthree\n"
     assert ready.last_lines_before_exit(journal, 2) == "two\nthree\n"
+
+
+def test_a_negative_restarts_allowed_is_refused_before_any_wait(tmp_path):
+    """Run as Ansible runs it (the real AnsibleModule reading its arguments file)."""
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {
+        "url": "http://127.0.0.1:9", "served_model_name": "m", "restarts_allowed": -1, "timeout": 600}}))
+    result = subprocess.run([sys.executable, str(REPO / "plugins/modules/vllm_ready.py"), str(args)],
+                            stdout=subprocess.PIPE, universal_newlines=True, timeout=60)
+    answer = json.loads(result.stdout)
+    assert answer.get("failed") is True
+    assert "restarts_allowed (-1) must be 0 or more" in answer["msg"]
