@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 from ansible.module_utils import basic
@@ -209,16 +210,6 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["settings.json"], "temporary file must be cleaned up"
 
 
-def test_owner_is_applied(run, tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to chown")
-    path = tmp_path / "settings.json"
-    write(path, USER_FILE)
-    run(path=str(path), owner="nobody", group="nogroup")
-    assert path.stat().st_uid == __import__("pwd").getpwnam("nobody").pw_uid
-    assert backups(path)[0].stat().st_uid == path.stat().st_uid
-
-
 def test_unknown_owner_fails(run, tmp_path):
     exited = run(path=str(tmp_path / "settings.json"), owner="no-such-user-xyz")
     assert exited.failed and "no-such-user-xyz" in exited.result["msg"]
@@ -231,7 +222,14 @@ NOBODY = None if os.geteuid() != 0 else __import__("pwd").getpwnam("nobody").pw_
 
 
 def user_home(tmp_path):
-    """A home owned by 'nobody' (the attacker in these tests), as /home/<user> is."""
+    """A home owned by 'nobody' (the attacker in these tests), as /home/<user> is.
+
+    The module works in it as 'nobody', so the directories above it must be searchable, as /home is.
+    """
+    for directory in [tmp_path, *tmp_path.parents]:
+        if directory == Path("/tmp"):
+            break
+        directory.chmod(0o711)
     home = tmp_path / "home"
     home.mkdir()
     os.chown(home, NOBODY, -1)
@@ -355,3 +353,247 @@ def test_fifo_is_refused_without_blocking(run, tmp_path):
 def test_missing_home_is_named(run, tmp_path):
     exited = run(path=str(tmp_path / "no-home" / ".claude" / "settings.json"), directory_mode="0700")
     assert exited.failed and "no-home does not exist" in exited.result["msg"]
+
+
+# The user's own credentials: what root does in a home, the user could have done (issue 11).
+
+def user_file(tmp_path, content, mode=0o644):
+    """~/.claude/settings.json of 'nobody', owned by them."""
+    path = user_claude_dir(tmp_path) / "settings.json"
+    write(path, content)
+    path.chmod(mode)
+    os.chown(path, NOBODY, -1)
+    return path
+
+
+@needs_root
+def test_owner_mode_and_group_are_applied_as_the_user(run, tmp_path):
+    path = user_file(tmp_path, USER_FILE)
+    result = run(path=str(path), owner="nobody", group="nogroup", directory_mode="0700").result
+    assert result["changed"] and result["ran_as"] == f"nobody (uid {NOBODY})"
+    info = path.stat()
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (NOBODY, 0o600)
+    assert info.st_gid == __import__("grp").getgrnam("nogroup").gr_gid
+    backup = backups(path)[0]
+    assert backup.stat().st_uid == NOBODY and stat.S_IMODE(backup.stat().st_mode) == 0o600
+
+
+@needs_root
+def test_a_file_moved_in_from_another_user_is_refused_unread_and_untouched(run, tmp_path):
+    # alice (here: nobody) cannot read bob's 0600 file but can mv it out of a shared setgid directory.
+    claude = user_claude_dir(tmp_path)
+    bob = claude / "settings.json"
+    bob.write_text('{"env": {"BOB_SECRET": "bobs-private-value"}}')
+    bob.chmod(0o600)
+    os.chown(bob, 1, 1)  # daemon: "another user"
+    for policy in ("fail", "backup_and_replace"):
+        exited = run(path=str(bob), owner="nobody", directory_mode="0700", diff=True, on_invalid_json=policy)
+        assert exited.failed and str(bob) in exited.result["msg"] and "owned by uid 1" in exited.result["msg"]
+        assert "Fix:" in exited.result["msg"] and "bobs-private-value" not in json.dumps(exited.result)
+        assert (bob.stat().st_uid, stat.S_IMODE(bob.stat().st_mode)) == (1, 0o600)
+        assert backups(bob) == [] and sorted(p.name for p in claude.iterdir()) == ["settings.json"]
+
+
+@needs_root
+def test_a_readable_file_of_another_user_is_refused_too(run, tmp_path):
+    claude = user_claude_dir(tmp_path)
+    other = claude / "settings.json"
+    write(other, {"env": {"OTHER": "readable-but-not-theirs"}})  # 0644, root's
+    exited = run(path=str(other), owner="nobody", diff=True)
+    assert exited.failed and "owned by uid 0" in exited.result["msg"]
+    assert "readable-but-not-theirs" not in json.dumps(exited.result) and other.stat().st_uid == 0
+
+
+@needs_root
+def test_a_claude_directory_of_another_owner_is_refused_not_chowned(run, tmp_path):
+    home = user_home(tmp_path)
+    (home / ".claude").mkdir(mode=0o755)  # root's, in the user's home
+    exited = run(path=str(home / ".claude" / "settings.json"), owner="nobody", directory_mode="0700")
+    assert exited.failed and "owned by uid 0" in exited.result["msg"] and "Fix:" in exited.result["msg"]
+    info = (home / ".claude").stat()
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o755)
+
+
+@needs_root
+@pytest.mark.parametrize("kind", ["regular file", "dangling link", "socket"])
+def test_a_claude_path_that_is_not_a_directory_is_named(run, tmp_path, kind):
+    home = user_home(tmp_path)
+    claude = home / ".claude"
+    if kind == "regular file":
+        claude.write_text("oops")
+        os.chown(claude, NOBODY, -1)
+    elif kind == "dangling link":
+        claude.symlink_to(home / "gone")
+    else:
+        import socket
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(claude))
+        sock.close()
+    exited = run(path=str(claude / "settings.json"), owner="nobody", directory_mode="0700")
+    msg = exited.result["msg"]
+    assert exited.failed and str(claude) in msg and "Fix:" in msg and "[Errno" not in msg
+
+
+@needs_root
+def test_a_socket_as_settings_file_is_refused_by_name(run, tmp_path):
+    import socket
+    path = user_claude_dir(tmp_path) / "settings.json"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    exited = run(path=str(path), owner="nobody")
+    sock.close()
+    assert exited.failed and "a socket" in exited.result["msg"] and str(path) in exited.result["msg"]
+
+
+@needs_root
+def test_a_huge_sparse_file_is_refused_before_it_is_read(run, tmp_path):
+    path = user_file(tmp_path, "{}", mode=0o600)
+    with open(path, "r+b") as handle:
+        handle.truncate(1 << 30)  # 1 GiB, sparse
+    exited = run(path=str(path), owner="nobody", max_bytes=1048576, on_invalid_json="backup_and_replace")
+    assert exited.failed and "1073741824 bytes" in exited.result["msg"] and "claude_code_settings_max_bytes" in \
+        exited.result["msg"]
+    assert path.stat().st_size == 1 << 30 and backups(path) == []
+
+
+@needs_root
+def test_deep_nesting_is_invalid_json_not_a_crash(run, tmp_path):
+    path = user_file(tmp_path, "[" * 200000, mode=0o600)
+    exited = run(path=str(path), owner="nobody")
+    assert exited.failed and "nested too deeply" in exited.result["msg"] and "claude_code_invalid_json" in \
+        exited.result["msg"]
+
+
+def request_for(path, **overrides):
+    """The module's resolved request for `path`, as run_module builds it, for in-process tests."""
+    params = dict(path=str(path), model="sonnet", env=MANAGED_ENV, secret_env={"ANTHROPIC_AUTH_TOKEN": "t"},
+                  remove_env=CONFLICTS, backup=True, backup_keep=3, max_bytes=1048576, on_invalid_json="fail")
+    params.update(overrides)
+    return settings_module.Request(params, False, False, NOBODY, -1, 0o600, None, "nobody")
+
+
+@needs_root
+def test_backup_and_replace_copies_what_was_read_and_never_renames_the_name(tmp_path):
+    # The race of issue 11: after root's read, the user swaps settings.json for a hard link to a
+    # victim file (inotify on the close of the read). The backup must be a copy of what was read;
+    # the victim is neither moved, chmodded nor chowned. Run in-process as root (the worst case:
+    # the real module also drops to the user, who could not chown the victim anyway).
+    path = user_file(tmp_path, "{not json", mode=0o600)
+    victim = tmp_path / "victim"
+    victim.write_text("root's private key")
+    victim.chmod(0o600)
+    request = request_for(path, on_invalid_json="backup_and_replace")
+    location = settings_module.locate_settings(request)
+    try:
+        os.unlink(path)
+        os.link(victim, path)
+        result = settings_module.run_merge(request, location)["result"]
+    finally:
+        location.close()
+    assert result["changed"]
+    assert (victim.stat().st_uid, stat.S_IMODE(victim.stat().st_mode)) == (0, 0o600)
+    assert victim.read_text() == "root's private key" and victim.stat().st_nlink == 1
+    assert [b.read_text() for b in backups(path)] == ["{not json"]
+    assert json.loads(path.read_text())["model"] == "sonnet" and path.stat().st_uid == NOBODY
+
+
+@needs_root
+def test_a_fifo_swapped_in_after_the_read_does_not_hang(tmp_path):
+    path = user_file(tmp_path, "{not json", mode=0o644)
+    request = request_for(path, on_invalid_json="backup_and_replace")
+    location = settings_module.locate_settings(request)
+    try:
+        os.unlink(path)
+        os.mkfifo(path)
+        os.chown(path, NOBODY, -1)
+        result = settings_module.run_merge(request, location)["result"]  # once blocked opening the FIFO
+    finally:
+        location.close()
+    assert result["changed"] and stat.S_ISREG(path.stat().st_mode)
+    assert [b.read_text() for b in backups(path)] == ["{not json"]
+
+
+@needs_root
+def test_the_work_runs_with_the_users_credentials(run, tmp_path, monkeypatch):
+    seen = []
+    real_locate = settings_module.locate_settings
+
+    def record(request):
+        seen.append((os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups()))
+        location = real_locate(request)
+        with open(tmp_path / "ids", "w") as handle:
+            handle.write(json.dumps(seen))
+        return location
+
+    path = user_file(tmp_path, USER_FILE)
+    tmp_path.chmod(0o777)
+    monkeypatch.setattr(settings_module, "locate_settings", record)
+    run(path=str(path), owner="nobody", group="nogroup")
+    ids = json.loads((tmp_path / "ids").read_text())[0]
+    assert ids[:4] == [NOBODY, NOBODY, 65534, 65534] and 0 not in ids[4]
+
+
+@needs_root
+def test_a_stopped_child_is_killed_after_the_timeout(run, tmp_path, monkeypatch):
+    def hang(_request):
+        os.kill(os.getpid(), __import__("signal").SIGSTOP)  # what the user can do to their own process
+
+    monkeypatch.setattr(settings_module, "manage", hang)
+    path = user_file(tmp_path, USER_FILE)
+    exited = run(path=str(path), owner="nobody", timeout=1)
+    assert exited.failed and "did not finish within 1 s" in exited.result["msg"]
+
+
+def test_diff_shows_managed_keys_only(run, tmp_path):
+    path = tmp_path / "settings.json"
+    write(path, {"env": {"GITHUB_TOKEN": "ghp_users-own-secret", "ANTHROPIC_API_KEY": "sk-removed-key",
+                         "HTTPS_PROXY": "http://me:proxy-pass@proxy:3128", "ANTHROPIC_BASE_URL": "http://x/v1"},
+                 "hooks": {"Stop": [{"command": "curl -H 'token: hook-secret'"}]}})
+    env = dict(MANAGED_ENV, NO_PROXY_URL="http://fleet:fleet-pass@mirror")
+    result = run(path=str(path), check_mode=True, diff=True, env=env).result
+    shown = json.dumps(result)
+    for secret in ("ghp_users-own-secret", "sk-removed-key", "proxy-pass", "hook-secret", "fleet-pass",
+                   "s3cret-token"):
+        assert secret not in shown, secret
+    before, after = json.loads(result["diff"]["before"]), json.loads(result["diff"]["after"])
+    assert before["env"]["ANTHROPIC_BASE_URL"] == "http://x/v1" and "GITHUB_TOKEN" in after["env"]
+    assert after["env"]["NO_PROXY_URL"] == "http://****@mirror" and "ANTHROPIC_API_KEY" not in after["env"]
+
+
+def test_a_broken_file_is_never_dumped_in_the_diff(run, tmp_path):
+    path = tmp_path / "settings.json"
+    write(path, '{"env": {"ANTHROPIC_AUTH_TOKEN": "rotated-away-token"}, broken' + " " * 100000)
+    result = run(path=str(path), check_mode=True, diff=True, on_invalid_json="backup_and_replace").result
+    assert "rotated-away-token" not in json.dumps(result) and len(result["diff"]["before"]) < 200
+    assert "not valid JSON" in result["diff"]["before"]
+
+
+def test_backups_are_0600_even_for_a_world_readable_policy_file_and_pruned(run, tmp_path):
+    path = tmp_path / "managed-settings.json"
+    old = tmp_path / "managed-settings.json.20200101T000000.bak"  # an old 0644 backup holding a token
+    old.write_text('{"env": {"ANTHROPIC_AUTH_TOKEN": "old"}}')
+    old.chmod(0o644)
+    unrelated = tmp_path / "notes.bak"
+    unrelated.write_text("mine")
+    run(path=str(path), mode="0644")
+    for token in ("t1", "t2", "t3", "t4"):
+        result = run(path=str(path), mode="0644", backup_keep=2, secret_env={"ANTHROPIC_AUTH_TOKEN": token}).result
+        assert result["changed"]
+    kept = backups(path)
+    assert len(kept) == 2 and not old.exists() and unrelated.read_text() == "mine"
+    assert all(stat.S_IMODE(b.stat().st_mode) == 0o600 for b in kept)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert not run(path=str(path), mode="0644", backup_keep=2, secret_env={"ANTHROPIC_AUTH_TOKEN": "t4"}
+                   ).result["changed"]
+
+
+def test_a_loose_old_backup_is_tightened_on_an_unchanged_run(run, tmp_path):
+    path = tmp_path / "settings.json"
+    run(path=str(path))
+    loose = tmp_path / "settings.json.20200101T000000.bak"
+    loose.write_text("{}")
+    loose.chmod(0o644)
+    result = run(path=str(path), check_mode=True).result
+    assert result["changed"] and stat.S_IMODE(loose.stat().st_mode) == 0o644
+    assert run(path=str(path)).result["changed"] and stat.S_IMODE(loose.stat().st_mode) == 0o600
+    assert not run(path=str(path)).result["changed"]
