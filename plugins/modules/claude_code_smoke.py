@@ -108,6 +108,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -183,19 +184,75 @@ def clean_stderr(text):
     return "\n".join(lines).strip()
 
 
+def stop_process_tree(leader):
+    """Kill a timed-out command: its process group and every process of its session.
+
+    Called before the leader is reaped, so its pid (the group and session id) cannot have been
+    reused by an unrelated process.
+    """
+    try:
+        os.killpg(leader, signal.SIGKILL)
+    except OSError:
+        pass
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/{}/stat".format(entry)) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 4 and fields[3] == str(leader):  # session id: children that left the group
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def run_as(account, argv, timeout, workdir=None):
+    """Run argv as the user in a session of its own; on timeout kill all of it and return None for rc.
+
+    Returns (rc or None, stdout, stderr, elapsed_ms). Nothing the command started is left behind.
+    """
+    if workdir is not None:
+        argv = ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", workdir] + list(argv)
+    started = time.time()
+    proc = subprocess.Popen(user_command(account, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, universal_newlines=True, errors="replace",
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        stop_process_tree(proc.pid)
+        out, err = proc.communicate()
+        rc = None
+    return rc, out or "", err or "", int(round((time.time() - started) * 1000))
+
+
+def doctor_wall_timeout(module):
+    """How long the whole doctor may run: a few HTTP requests of doctor_timeout each, plus start-up."""
+    return module.params["doctor_timeout"] * 8 + 30
+
+
 def run_doctor(module, account):
     # --no-project: claude -p runs in an empty directory, so no project settings apply to it either.
     argv = [module.params["doctor"], "--json", "--no-project", "--timeout", str(module.params["doctor_timeout"]),
             "--prompt", module.params["prompt"]]
-    started = time.time()
-    proc = subprocess.run(user_command(account, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=module.params["doctor_timeout"] * 8 + 30)
-    elapsed = int(round((time.time() - started) * 1000))
+    limit = doctor_wall_timeout(module)
+    rc, out, err, elapsed = run_as(account, argv, limit)
+    if rc is None:
+        return None, ("claude-vllm-doctor did not finish within {} s as {} and was stopped (with everything it "
+                      "started). Symptom: the user's settings or the server make it wait (a file that never "
+                      "ends, a server that accepts but never answers). Fix: run `claude-vllm-doctor` as {} to see "
+                      "where it waits.").format(limit, account.pw_name, account.pw_name), elapsed
     try:
-        report = json.loads(proc.stdout)
+        report = json.loads(out)
     except ValueError:
+        report = None
+    if not isinstance(report, dict):
         return None, "claude-vllm-doctor did not print its JSON report (rc={}): {}".format(
-            proc.returncode, (proc.stderr or proc.stdout)[-500:].strip()), elapsed
+            rc, (err or out)[-500:].strip()), elapsed
     return report, "", elapsed
 
 
@@ -203,27 +260,19 @@ def run_claude(module, account):
     workdir = tempfile.mkdtemp(prefix="claude-smoke-")
     try:
         os.chown(workdir, account.pw_uid, account.pw_gid)
-        argv = ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", workdir,
-                module.params["claude"], "-p", module.params["prompt"], "--output-format", "text"]
-        started = time.time()
-        try:
-            proc = subprocess.run(user_command(account, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  stdin=subprocess.DEVNULL, universal_newlines=True,
-                                  timeout=module.params["timeout"])
-        except subprocess.TimeoutExpired as exc:
-            elapsed = int(round((time.time() - started) * 1000))
-            out = exc.stdout.decode("utf-8", "replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-            return step("FAIL", elapsed, "claude -p gave no answer within {} s (the CLI retries a server that "
-                        "does not answer; see the doctor's findings). Output so far: {!r}".format(
-                            module.params["timeout"], out[-300:])), "", None
-        elapsed = int(round((time.time() - started) * 1000))
+        argv = [module.params["claude"], "-p", module.params["prompt"], "--output-format", "text"]
+        rc, out, err, elapsed = run_as(account, argv, module.params["timeout"], workdir=workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    reply = proc.stdout.strip()
-    stderr = clean_stderr(proc.stderr)
-    if proc.returncode != 0:
+    if rc is None:
+        return step("FAIL", elapsed, "claude -p gave no answer within {} s and was stopped (the CLI retries a "
+                    "server that does not answer; see the doctor's findings). Output so far: {!r}".format(
+                        module.params["timeout"], out[-300:])), "", None
+    reply = out.strip()
+    stderr = clean_stderr(err)
+    if rc != 0:
         return step("FAIL", elapsed, "claude -p exited {}: {}".format(
-            proc.returncode, (reply + " " + stderr).strip()[-600:] or "no output")), reply, proc.returncode
+            rc, (reply + " " + stderr).strip()[-600:] or "no output")), reply, rc
     if not reply:
         return step("FAIL", elapsed, "claude -p exited 0 with an empty reply" +
                     (": " + stderr[-300:] if stderr else "")), reply, 0

@@ -160,3 +160,69 @@ def test_check_mode_on_a_machine_not_installed_yet_tests_nothing_and_passes(monk
 def test_a_real_run_without_the_tools_fails_naming_the_fix(monkeypatch, tmp_path):
     result, failed = run_smoke_module(monkeypatch, tmp_path, check_mode=False)
     assert failed and "no-doctor" in result["msg"] and "Fix: run the claude_code role first" in result["msg"]
+
+
+def searchable(tmp_path):
+    """Let other users reach files under tmp_path (pytest's base directory is 0700)."""
+    for directory in [tmp_path, *tmp_path.parents]:
+        if str(directory) == "/tmp":
+            break
+        directory.chmod(0o711)
+
+
+def processes_with(marker):
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                if marker.encode() in handle.read():
+                    found.append(entry)
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs a command as another user")
+def test_a_command_that_times_out_is_stopped_with_everything_it_started(tmp_path):
+    import pwd
+    # A child in the group, a grandchild that left it (setsid would leave the session too: not the user's
+    # tools' way; a background job and a new process group are).
+    script = "sleep 3011 & (set -m; sleep 3012 &) ; sleep 3013"
+    rc, _out, _err, elapsed = smoke.run_as(pwd.getpwnam("nobody"), ["sh", "-c", script], timeout=1)
+    assert rc is None and elapsed < 10000
+    assert processes_with("sleep 301") == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the module runs each test as its user: it needs root")
+def test_a_hanging_doctor_fails_that_user_only_and_the_others_are_still_reported(monkeypatch, tmp_path):
+    searchable(tmp_path)
+    doctor = tmp_path / "doctor"
+    report = json.dumps({"ok": False, "findings": [{"id": "server.health", "severity": "error",
+                                                   "problem": "stand-in"}], "effective": {}})
+    doctor.write_text("#!/bin/sh\n"
+                      f'if [ "$USER" = nobody ]; then sleep 3021 & sleep 3022; fi\n'
+                      f"echo '{report}'\n")
+    doctor.chmod(0o755)
+    monkeypatch.setattr(smoke, "doctor_wall_timeout", lambda module: 2)
+    outcome = {}
+
+    def finish(failed):
+        def _finish(self, **kwargs):
+            outcome.update(result=kwargs, failed=failed)
+            raise SystemExit(0)
+        return _finish
+
+    monkeypatch.setattr(basic.AnsibleModule, "exit_json", finish(False))
+    monkeypatch.setattr(basic.AnsibleModule, "fail_json", finish(True))
+    args = dict(users=["nobody", "daemon"], doctor=str(doctor), run_claude=False,
+                _ansible_remote_tmp=str(tmp_path), _ansible_keep_remote_files=False)
+    monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args})))
+    monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy", raising=False)
+    with pytest.raises(SystemExit):
+        smoke.main()
+    assert not outcome["failed"] and not outcome["result"]["ok"]
+    nobody, daemon = outcome["result"]["users"]
+    assert nobody["steps"]["settings"]["status"] == "FAIL"
+    assert "did not finish within 2 s as nobody" in nobody["diagnosis"][0] and "Fix:" in nobody["diagnosis"][0]
+    assert daemon["doctor"]["findings"][0]["problem"] == "stand-in"
+    assert processes_with("sleep 302") == []
