@@ -448,8 +448,11 @@ def _open_file(location, request, followed):
         return False
     except PermissionError:
         owner = _owner_of(location.dir_fd, location.name)
-        raise UnsafePath(f"{location.real_path} cannot be read by {request.user}"
-                         + (f": it is owned by uid {owner}" if owner is not None else "")) from None
+        if owner is not None and owner != request.trusted_uid:
+            raise UnsafePath(f"{location.real_path} is owned by uid {owner}, not by {request.user}, who cannot "
+                             f"read it (a file moved in from elsewhere)") from None
+        raise UnsafePath(f"{location.real_path} cannot be read by {request.user}, its owner. Fix: chmod u+r "
+                         f"{location.real_path}") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return True

@@ -519,7 +519,8 @@ def test_the_work_runs_with_the_users_credentials(run, tmp_path, monkeypatch):
     real_locate = settings_module.locate_settings
 
     def record(request):
-        seen.append((os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups()))
+        dumpable = __import__("ctypes").CDLL(None).prctl(3, 0, 0, 0, 0)  # PR_GET_DUMPABLE
+        seen.append((os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups(), dumpable))
         location = real_locate(request)
         with open(tmp_path / "ids", "w") as handle:
             handle.write(json.dumps(seen))
@@ -531,6 +532,7 @@ def test_the_work_runs_with_the_users_credentials(run, tmp_path, monkeypatch):
     run(path=str(path), owner="nobody", group="nogroup")
     ids = json.loads((tmp_path / "ids").read_text())[0]
     assert ids[:4] == [NOBODY, NOBODY, 65534, 65534] and 0 not in ids[4]
+    assert ids[5] == 0, "the user must not be able to ptrace the child or read the token from its memory"
 
 
 @needs_root
