@@ -8,6 +8,8 @@ in a preflight task and fail before anything on the host changes.
 
 from __future__ import annotations
 
+import difflib
+import posixpath
 import re
 from urllib.parse import urlsplit
 
@@ -15,9 +17,10 @@ DOCUMENTATION = r"""
 name: claude_vllm
 short_description: Validation and derivation filters for the vLLM <-> Claude Code settings
 description:
-  - C(base_url_problem), C(served_model_name_problem), C(model_alias_problem),
-    C(output_tokens_problem) return an empty string for a good value, else one error message
-    naming the variable, the problem, the symptom and the fix.
+  - C(base_url_problem), C(served_model_name_problem), C(model_alias_problem), C(port_problem),
+    C(max_model_len_problem), C(output_tokens_problem) return an empty string for a good value, else one
+    error message naming the variable, the problem, the symptom and the fix; the C(*_problems) filters
+    (users, env blocks, gateway values) return a list of such messages.
   - C(normalize_base_url) removes one trailing C(/).
   - C(claude_max_output_tokens) sizes CLAUDE_CODE_MAX_OUTPUT_TOKENS so prompt plus output fit
     the server's context length.
@@ -30,27 +33,60 @@ MIN_USEFUL_OUTPUT_TOKENS = 4096
 MODEL_ALIASES = ("sonnet", "opus", "haiku")
 
 
+def redact_url(value):
+    """The URL with any user information (user:password@) replaced by ***@, for messages.
+
+    Over-redacts rather than leaks: everything from after "scheme://" up to the LAST '@' of the whole value
+    goes, even when a '/' in an unencoded password would make a URL parser see the '@' in the path.
+    """
+    if not isinstance(value, str) or "@" not in value:
+        return value
+    start = value.find("//")
+    start = start + 2 if start >= 0 else 0
+    at = value.rfind("@")
+    if at < start:
+        return value
+    return value[:start] + "***" + value[at:]
+
+
+def _unsafe_characters(value):
+    """Whitespace anywhere, control and other non-printable characters (a newline from a YAML block)."""
+    return [char for char in value if char.isspace() or not char.isprintable()]
+
+
 def base_url_problem(value, variable="anthropic_base_url"):
     """Claude Code appends /v1/messages itself: the base URL must be scheme://host[:port] only."""
     if not isinstance(value, str) or not value.strip():
         return (f"{variable} is empty. Claude Code needs the vLLM server's root URL. "
                 f"Fix: set {variable} to e.g. http://gpu-host:8000")
-    url = value.strip()
-    if url != value:
-        return f"{variable} ({value!r}) has surrounding whitespace. Fix: remove it."
+    shown = redact_url(value)
+    if _unsafe_characters(value):
+        return (f"{variable} ({shown!r}) contains whitespace or a control character (a newline often comes from a "
+                f"YAML '|' or '>' block). It would be written into every user's settings.json as is, and URL "
+                f"parsers disagree on it (Node.js drops tabs and newlines, other tools stop at them, a space in "
+                f"the host makes it invalid): Claude Code, the doctor and the smoke test reach different servers "
+                f"or none (API Error: Unable to connect to API). Fix: write it on one line with no spaces, e.g. "
+                f"http://HOST:PORT")
+    if "@" in value:
+        return (f"{variable} ({shown!r}) carries user information (user:password@). Node.js's fetch refuses a URL "
+                f"with credentials, so every request of Claude Code fails, and the password would be written in "
+                f"clear into every user's settings.json and shown in Ansible's output. Fix: remove the "
+                f"'user:password@' part; the server's secret belongs in llm_api_token (sent as "
+                f"ANTHROPIC_AUTH_TOKEN, an Authorization: Bearer header).")
+    url = value
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        return f"{variable} ({url!r}) is not a valid URL ({exc}). Fix: use http://HOST:PORT"
+        return f"{variable} ({shown!r}) is not a valid URL ({exc}). Fix: use http://HOST:PORT"
     if parts.scheme not in ("http", "https"):
-        return (f"{variable} ({url!r}) must start with http:// or https://; without a scheme Claude "
+        return (f"{variable} ({shown!r}) must start with http:// or https://; without a scheme Claude "
                 f"Code cannot connect (API Error: Unable to connect to API). "
                 f"Fix: write it as http://HOST:PORT")
     if not parts.hostname:
-        return f"{variable} ({url!r}) has no host. Fix: write it as {parts.scheme}://HOST:PORT"
+        return f"{variable} ({shown!r}) has no host. Fix: write it as {parts.scheme}://HOST:PORT"
     if port == 0:
-        return f"{variable} ({url!r}) has port 0. Fix: use the port vLLM listens on (vllm_port)."
+        return f"{variable} ({shown!r}) has port 0. Fix: use the port vLLM listens on (vllm_port)."
     path = "" if parts.path == "/" else parts.path  # a lone trailing '/' is normalised away
     if path or parts.query or parts.fragment:
         root = f"{parts.scheme}://{parts.netloc}"
@@ -60,7 +96,7 @@ def base_url_problem(value, variable="anthropic_base_url"):
         else:
             symptom = ("Claude Code appends /v1/messages to it, so requests go to a path vLLM does not "
                        "serve and get 404: the CLI reports \"There's an issue with the selected model\"")
-        return f"{variable} ({url!r}) must be the server root with no path. {symptom}. Fix: set it to {root}"
+        return f"{variable} ({shown!r}) must be the server root with no path. {symptom}. Fix: set it to {root}"
     return ""
 
 
@@ -69,20 +105,52 @@ def normalize_base_url(value):
     return value[:-1] if isinstance(value, str) and value.endswith("/") and not value.endswith("//") else value
 
 
+# What a served id may contain: letters, digits and . _ - : + (real ids: Qwen3.5-27B, llama-3.1-8b-instruct,
+# qwen2.5-coder:32b), starting with a letter or a digit (a leading '-' reads as an option to vLLM). The same
+# id goes into vLLM's systemd unit, the gateway's haproxy.cfg and every settings.json, verbatim.
+SERVED_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]*")
+SERVED_NAME_MAX_LENGTH = 128
+
+
+def _shorten(value, limit=60):
+    """repr() of a value, cut to `limit` characters (a pasted blob is not printed whole)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}...' ({len(value)} characters)"
+
+
 def served_model_name_problem(value, variable="served_model_name"):
-    """The served id must be a flat, exact string both sides can agree on."""
-    if not isinstance(value, str) or value == "":
+    """The served id must be a flat, exact string both sides can agree on, and safe in every file it goes to."""
+    if value is None or value == "":
         return (f"{variable} is empty. vLLM's --served-model-name and Claude Code's "
                 f"ANTHROPIC_DEFAULT_*_MODEL must be the same non-empty id. Fix: set it, e.g. Qwen3.5-27B")
+    if not isinstance(value, str):
+        return (f"{variable} ({value!r}) is not a string (type {type(value).__name__}): the server, the gateway and "
+                f"the settings files would each write it their own way and the ids would not match exactly "
+                f"(\"There's an issue with the selected model\"). Fix: quote it, e.g. \"{value}\"")
     if re.search(r"\s", value):
         suggestion = re.sub(r"\s+", "-", value.strip())
-        return (f"{variable} ({value!r}) contains whitespace; the ids then never match exactly and "
+        return (f"{variable} ({_shorten(value)}) contains whitespace; the ids then never match exactly and "
                 f"Claude Code reports \"There's an issue with the selected model\". "
-                f"Fix: remove the whitespace, e.g. {suggestion}")
+                f"Fix: remove the whitespace, e.g. {_shorten(suggestion)}")
     if "/" in value:
-        return (f"{variable} ({value!r}) contains '/'. Served names with '/' do not work with Claude Code "
+        return (f"{variable} ({_shorten(value)}) contains '/'. Served names with '/' do not work with Claude Code "
                 f"(the notes' 'Qwen/... vs Qwen3.5-27B' mismatch: model not found, \"There's an issue with "
-                f"the selected model\"). Fix: use a flat id such as {value.rsplit('/', 1)[-1]!r}")
+                f"the selected model\"). Fix: use a flat id such as {_shorten(value.rsplit('/', 1)[-1])}")
+    if len(value) > SERVED_NAME_MAX_LENGTH:
+        return (f"{variable} ({_shorten(value)}) is longer than {SERVED_NAME_MAX_LENGTH} characters, far beyond "
+                f"any real served id (a paste error?): it must match byte for byte on the server, the gateway's "
+                f"health check and every workstation. Fix: use the model's short id, e.g. Qwen3.5-27B")
+    if not SERVED_NAME_PATTERN.fullmatch(value):
+        bad = sorted({char for char in value if not re.fullmatch(r"[A-Za-z0-9._:+-]", char)})
+        found = (", ".join(repr(char) for char in bad) if bad else f"a leading {value[0]!r}")
+        suggestion = re.sub(r"[^A-Za-z0-9._:+-]", "", value).lstrip("._:+-") or "Qwen3.5-27B"
+        return (f"{variable} ({_shorten(value)}) contains characters a served id cannot carry ({found}). It is "
+                f"written verbatim into vLLM's systemd unit (where % and $ are expanded and a leading '-' "
+                f"reads as an option), the gateway's haproxy.cfg (a '\"' ends the health check's string, so "
+                f"'haproxy -c' refuses the config half-way through the run) and every user's settings.json: the "
+                f"ids stop matching exactly (\"There's an issue with the selected model\") or the run breaks "
+                f"mid-way. Allowed: letters, digits and . _ - : + (starting with a letter or digit), at most "
+                f"{SERVED_NAME_MAX_LENGTH} characters. Fix: rename it, e.g. {_shorten(suggestion)}")
     return ""
 
 
@@ -97,12 +165,63 @@ def model_alias_problem(value, variable="claude_code_model_alias"):
             f"Fix: keep the alias (default sonnet); the served name goes in served_model_name.")
 
 
+# Largest context length accepted: far above any model's window today; a larger number is a typo (1e12).
+MAX_MODEL_LEN_LIMIT = 10_000_000
+
+
+def _whole_number(value):
+    """An int (not a bool) or a string of ASCII digits, as an int; None for anything else (1e12, 'big', 1.5)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value):
+        return int(value)
+    return None
+
+
+def port_problem(value, variable="vllm_port"):
+    """A TCP port: a whole number 1-65535 (an int or a string of digits; not a bool, not 8000.0)."""
+    number = _whole_number(value)
+    if number is not None and 1 <= number <= 65535:
+        return ""
+    return (f"{variable} ({_shorten(value)}) must be a TCP port, a whole number between 1 and 65535: nothing can "
+            f"listen on it or connect to it (vLLM does not start, HAProxy refuses its configuration, and the base "
+            f"URL built from it gives Claude Code \"API Error: Unable to connect to API\"). Fix: set the port "
+            f"vLLM listens on, e.g. 8000.")
+
+
+def max_model_len_problem(value, variable="vllm_max_model_len"):
+    """The server's context length: a positive whole number of tokens, at most MAX_MODEL_LEN_LIMIT."""
+    number = _whole_number(value)
+    if number is None:
+        return (f"{variable} ({_shorten(value)}) is not a whole number of tokens written as digits: vLLM would be "
+                f"started with --max-model-len {_shorten(str(value))} and refuse it, and every workstation's "
+                f"CLAUDE_CODE_MAX_OUTPUT_TOKENS and CLAUDE_CODE_MAX_CONTEXT_TOKENS are computed from it. "
+                f"Fix: set the model's context length in tokens, e.g. 65536 (not 64k, 6.5e4 or true).")
+    if not 1 <= number <= MAX_MODEL_LEN_LIMIT:
+        return (f"{variable} ({number}) must be between 1 and {MAX_MODEL_LEN_LIMIT} tokens: vLLM refuses a "
+                f"context longer than the model's own and Claude Code would be told its window is that large, so "
+                f"it never compacts a conversation before the server refuses it (\"API Error: 400 ... maximum "
+                f"context length\"). Fix: set the model's context length, e.g. 65536.")
+    return ""
+
+
 def claude_max_output_tokens(max_model_len, prompt_reserve=25000, cap=CLAUDE_CODE_DEFAULT_MAX_OUTPUT_TOKENS):
-    """Output budget so that Claude Code's prompt plus its output fit the context length."""
-    return max(0, min(int(cap), int(max_model_len) - int(prompt_reserve)))
+    """Output budget so that Claude Code's prompt plus its output fit the context length.
+
+    0 for a context length that is not a whole number: max_model_len_problem refuses it, and this value is
+    only a role default that must not crash while the role's arguments are read.
+    """
+    length = _whole_number(max_model_len)
+    if length is None:
+        return 0
+    return max(0, min(int(cap), length - int(prompt_reserve)))
 
 
 def output_tokens_problem(max_model_len, prompt_reserve=25000, variable="vllm_max_model_len"):
+    if _whole_number(max_model_len) is None:
+        return ""  # max_model_len_problem names it
     budget = claude_max_output_tokens(max_model_len, prompt_reserve)
     if budget >= MIN_USEFUL_OUTPUT_TOKENS:
         return ""
@@ -117,6 +236,8 @@ def output_tokens_problem(max_model_len, prompt_reserve=25000, variable="vllm_ma
 def max_output_tokens_problem(value, max_model_len, prompt_reserve=25000,
                               variable="claude_code_max_output_tokens"):
     """An explicit output budget must be positive and fit next to the prompt in the context."""
+    if _whole_number(max_model_len) is None:
+        return ""  # max_model_len_problem names it; this default is derived from it
     try:
         tokens = int(value)
     except (TypeError, ValueError):
@@ -134,6 +255,8 @@ def max_output_tokens_problem(value, max_model_len, prompt_reserve=25000,
 
 def context_tokens_problem(value, max_model_len, variable="claude_code_max_context_tokens"):
     """The window Claude Code assumes must not exceed what the server accepts."""
+    if _whole_number(max_model_len) is None:
+        return ""  # max_model_len_problem names it; this default is the same value
     try:
         tokens = int(value)
     except (TypeError, ValueError):
@@ -179,43 +302,154 @@ def token_problem(value, variable="llm_api_token"):
     return ""
 
 
+USER_ITEM_KEYS = ("name", "env")
+# Accounts that are never a person's, whatever claude_code_user_uid_min says: nobody (the kernel's overflow
+# id, shared by every unmapped process) and the 32-bit "no id" values.
+OVERFLOW_UIDS = (65534, 4294967294, 4294967295)
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def normalize_claude_code_users(users):
-    """Accept names or {name, env} dicts; return a list of {name, env} dicts (bad items kept for the check)."""
-    if isinstance(users, (str, dict)):
+    """Accept names or {name, env} dicts; return a list of {name, env} dicts (bad items kept for the check).
+
+    A dict item with keys other than name and env keeps them, sorted, under unknown_keys for the check.
+    """
+    if users is None:
+        users = []
+    elif not isinstance(users, (list, tuple)):
         users = [users]
     entries = []
-    for item in users or []:
+    for item in users:
         if isinstance(item, dict):
-            entries.append({"name": item.get("name"), "env": item.get("env", {})})
+            entry = {"name": item.get("name"), "env": item.get("env", {})}
+            unknown = sorted((key for key in item if key not in USER_ITEM_KEYS), key=str)
+            if unknown:
+                entry["unknown_keys"] = unknown
+            entries.append(entry)
         else:
             entries.append({"name": item, "env": {}})
     return entries
 
 
-def user_entry_problems(entries, passwd, must_exist=True, variable="claude_code_users"):
+def _passwd_field(passwd, name, index):
+    """Field `index` of getent's passwd entry [password, uid, gid, gecos, home, shell]; None when missing."""
+    fields = (passwd or {}).get(name)
+    if not isinstance(fields, (list, tuple)) or len(fields) <= index:
+        return None
+    return fields[index]
+
+
+def _account_problem(name, passwd, uid_min, variable):
+    """A listed user whose account is not a person's: a system uid, nobody, a home that is no home."""
+    try:
+        uid = int(_passwd_field(passwd, name, 1))
+    except (TypeError, ValueError):
+        uid = None
+    home = _passwd_field(passwd, name, 4)
+    if uid is not None and (uid in OVERFLOW_UIDS or (uid != 0 and uid < int(uid_min))):
+        what = (f"the overflow account (uid {uid}, like nobody), shared by every process whose owner is unknown"
+                if uid in OVERFLOW_UIDS else
+                f"a system account (uid {uid}, below claude_code_user_uid_min {int(uid_min)})")
+        lower = ("" if uid in OVERFLOW_UIDS else
+                 f"; if your site's regular users start below {int(uid_min)}, lower claude_code_user_uid_min")
+        return (f"{variable}: user {name!r} is {what}, not a person's login: the role would create "
+                f"{home or '~' + name}/.claude/settings.json as that account, in a directory that belongs to the "
+                f"system, and nobody runs Claude Code as it. Fix: list people's login accounts{lower}.")
+    if isinstance(home, str) and (not home.startswith("/") or posixpath.normpath(home) in ("/", "//")):
+        where = "'/'" if home.startswith("/") else f"{home!r}, not an absolute path"
+        return (f"{variable}: user {name!r} has the home directory {where}: the role would write .claude/ "
+                f"{'in the root directory' if home.startswith('/') else 'relative to wherever it runs'}, not in "
+                f"a home of that user's own. Fix: give the account a real home (usermod -d /home/{name} -m "
+                f"{name}) or remove it from {variable}.")
+    return ""
+
+
+def user_entry_problems(entries, passwd, must_exist=True, variable="claude_code_users", uid_min=1000):
+    """Items of claude_code_users that name no usable account: one message per item, duplicates once.
+
+    must_exist (user scope): every user must have an account here. Accounts that exist are checked in
+    either scope: uid below uid_min (root, uid 0, is allowed: the bundled single-machine inventory manages
+    whoever runs Ansible), nobody, a home that is '/' or relative, or a home shared with another listed user.
+    """
     problems = []
     if must_exist and not entries:
         problems.append(f"{variable} is empty: there is nobody to configure. Fix: list at least one user.")
-    for entry in entries:
+    names = [entry.get("name") for entry in entries]
+    reported, homes = set(), {}
+    for position, entry in enumerate(entries, 1):
         name = entry.get("name")
+        unknown = entry.get("unknown_keys") or []
+        if unknown:
+            close = {key: difflib.get_close_matches(str(key), USER_ITEM_KEYS, n=1) for key in unknown}
+            hints = "; ".join(f"{key!r} -> {match[0]!r}" for key, match in close.items() if match)
+            problems.append(
+                f"{variable}: item {position} ({repr(name) if name else 'no name'}) has the key(s) {', '.join(repr(k) for k in unknown)}, "
+                f"which the role does not know (an item takes only 'name' and 'env'): they would be ignored "
+                f"silently, so the user's env would not be written. Fix: "
+                f"{('rename ' + hints) if hints else 'remove them'}, e.g. {{name: alice, env: {{HTTPS_PROXY: ...}}}}.")
         if not isinstance(name, str) or not name:
-            problems.append(f"{variable}: item {entry!r} has no user name. Fix: give a name, or {{name: NAME}}.")
+            if not unknown:
+                problems.append(f"{variable}: item {position} has no user name. Fix: give a name, or "
+                                f"{{name: NAME, env: {{...}}}}.")
             continue
+        if name in reported:
+            continue  # a later item of a user listed twice: reported with the first
+        reported.add(name)
+        if names.count(name) > 1:
+            problems.append(
+                f"{variable} lists user {name!r} {names.count(name)} times: the role would write the same "
+                f"settings.json once per item on every run (with a different env each time), so every run is "
+                f"'changed' and leaves a backup. Fix: list each user once, with all of its env in one "
+                f"{{name: {name}, env: {{...}}}} item.")
         if not isinstance(entry.get("env"), dict):
             problems.append(f"{variable}: 'env' of user {name!r} must be a mapping of variable names to strings.")
-        if must_exist and name not in (passwd or {}):
-            problems.append(f"{variable}: user {name!r} does not exist on this host. Fix: create the account "
-                            f"first (ansible.builtin.user) or remove it from {variable}.")
+        if name not in (passwd or {}):
+            if must_exist:
+                problems.append(f"{variable}: user {name!r} does not exist on this host. Fix: create the account "
+                                f"first (ansible.builtin.user) or remove it from {variable}.")
+            continue
+        account = _account_problem(name, passwd, uid_min, variable)
+        if account:
+            problems.append(account)
+            continue
+        home = _passwd_field(passwd, name, 4)
+        if isinstance(home, str):
+            homes.setdefault(posixpath.normpath(home), []).append(name)
+    for home, sharing in sorted(homes.items()):
+        if len(sharing) > 1:
+            listed = " and ".join(repr(name) for name in sharing)
+            problems.append(
+                f"{variable}: users {listed} share the home directory {home}: each would rewrite the same "
+                f"{home}/.claude/settings.json with its own env and owner, so every run changes it again and the "
+                f"file ends up owned by whichever came last. Fix: give each account a home of its own, or list "
+                f"only one of them.")
     return problems
 
 
+def _env_name_suggestion(key):
+    name = re.sub(r"[^A-Za-z0-9_]+", "_", str(key).split("=", 1)[0].strip()).strip("_").upper()
+    if not name:
+        return "MY_VARIABLE"
+    return f"_{name}" if name[0].isdigit() else name
+
+
 def extra_env_problems(extra_env, managed_keys, conflicting_keys, variable="claude_code_extra_env"):
-    """Keys of an extra env block that would fight the managed settings or break authentication."""
+    """Keys of an extra env block that would fight the managed settings or break authentication.
+
+    Keys must be environment variable names; values strings on one line. Values are never shown.
+    """
     if not isinstance(extra_env, dict):
         return [f"{variable} must be a mapping of variable names to strings, not {type(extra_env).__name__}."]
     problems = []
-    for key in sorted(extra_env):
-        if key in (managed_keys or []):
+    for key in sorted(extra_env, key=str):
+        value = extra_env[key]
+        if not isinstance(key, str) or not ENV_NAME.fullmatch(key):
+            problems.append(
+                f"{variable}: {_shorten(key)} is not an environment variable name (letters, digits and '_', not "
+                f"starting with a digit): it would be written into settings.json, but no process can be given "
+                f"an empty name or one with '=', and shells and tools cannot read one with spaces or a leading "
+                f"digit, so the setting silently does nothing. Fix: rename it, e.g. {_env_name_suggestion(key)}.")
+        elif key in (managed_keys or []):
             problems.append(
                 f"{variable} sets {key}, which the role manages from the shared variables (the field notes' "
                 f"settings that must agree; e.g. CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC must stay \"1\" or the "
@@ -227,9 +461,30 @@ def extra_env_problems(extra_env, managed_keys, conflicting_keys, variable="clau
                    if key == "ANTHROPIC_API_KEY" else
                    "it overrides the sonnet/opus/haiku aliases the fleet maps to the served name")
             problems.append(f"{variable} sets {key}: {why}. Fix: remove {key} from {variable}.")
-        elif not isinstance(extra_env[key], str):
+        elif isinstance(value, (dict, list, tuple, set)):
+            problems.append(
+                f"{variable}.{key} is a {'mapping' if isinstance(value, dict) else 'list'}, not a string: "
+                f"settings.json env values are strings, and Claude Code would get '[object Object]' for a mapping "
+                f"or the items joined with commas for a list. Fix: write the value as one string.")
+        elif not isinstance(value, str):
             problems.append(f"{variable}.{key} must be a string (settings.json env values are strings), not "
-                            f"{extra_env[key]!r}. Fix: quote it.")
+                            f"a {type(value).__name__}. Fix: quote it.")
+        elif re.search(r"[\x00-\x08\x0a-\x1f\x7f]", value):
+            problems.append(
+                f"{variable}.{key} contains a NUL, a newline or another control character (the value is not "
+                f"shown): no environment variable can hold a NUL (Node.js refuses to start a command with one: "
+                f"'must be a string without null bytes'), and a newline splits the value for the shells and "
+                f"tools that read it. Fix: write it on one line, without control characters.")
+    return problems
+
+
+def users_env_problems(entries, managed_keys, conflicting_keys, variable="claude_code_users"):
+    """extra_env_problems for each user's own env, naming the user: claude_code_users[alice].env ..."""
+    problems = []
+    for entry in entries or []:
+        name, env = entry.get("name"), entry.get("env")
+        if isinstance(name, str) and name and isinstance(env, dict):
+            problems.extend(extra_env_problems(env, managed_keys, conflicting_keys, f"{variable}[{name}].env"))
     return problems
 
 
@@ -258,12 +513,79 @@ def fleet_disagreements(hostvars, hosts, variable, local_value, this_host=None):
             f"exactly (a name changed on one side only makes the CLI say the model may not exist). Fix: set "
             f"{variable} once for the whole fleet (group_vars/all), not per host or group.")
 
+# HAProxy configuration words the gateway role templates into haproxy.cfg unquoted: a space, '#', a quote or
+# a backslash there changes the line's meaning, and 'haproxy -c' (the template's validate) then refuses the
+# file after HAProxy, its environment file and its systemd drop-in are already installed.
+HAPROXY_TIME = re.compile(r"[0-9]+(us|ms|s|m|h|d)?")
+HAPROXY_NAME = re.compile(r"[A-Za-z0-9_.:-]+")  # HAProxy's own rule for server names
+HAPROXY_ADDRESS = re.compile(r"[A-Za-z0-9_.:%*\[\]-]+")
+HAPROXY_PATH = re.compile(r"/[A-Za-z0-9_.@+/-]*")
+_HAPROXY_BREAKS = ("'haproxy -c' refuses the configuration half-way through the run, after HAProxy, its "
+                   "environment file and its systemd drop-in are installed")
+
+
+def haproxy_time_problem(value, variable):
+    if isinstance(value, bool) or not HAPROXY_TIME.fullmatch(str(value)):
+        return (f"{variable} ({_shorten(value)}) is not an HAProxy time (a whole number with an optional unit us, "
+                f"ms, s, m, h or d): {_HAPROXY_BREAKS}. Fix: write it like 5s or 50m.")
+    return ""
+
+
+def haproxy_count_problem(value, variable, minimum=0):
+    number = _whole_number(value)
+    if number is None or number < int(minimum):
+        return (f"{variable} ({_shorten(value)}) must be a whole number of at least {int(minimum)}: "
+                f"{_HAPROXY_BREAKS}. Fix: set e.g. {max(int(minimum), 2)}.")
+    return ""
+
+
+def haproxy_word_problem(value, variable, kind="address", example="127.0.0.1:8404"):
+    """kind address: an address or address:port (no space, quote, '#'); kind path: an absolute path."""
+    pattern = HAPROXY_PATH if kind == "path" else HAPROXY_ADDRESS
+    if isinstance(value, str) and pattern.fullmatch(value):
+        return ""
+    allowed = ("an absolute path of letters, digits and _ . @ + / -" if kind == "path" else
+               "an address or address:port of letters, digits and _ . : % * [ ] -")
+    return (f"{variable} ({_shorten(value)}) must be {allowed}, with no space, quote, '#' or control character "
+            f"(it is written unquoted into haproxy.cfg): {_HAPROXY_BREAKS}. Fix: set it like {example}.")
+
+
+def gateway_server_problems(servers, default_port=None):
+    """The HAProxy server lines the gateway writes: name (HOST-INSTANCE), address (ansible_host) and port.
+
+    A server on a bad default_port (vllm_port) is not reported again: port_problem names vllm_port once.
+    """
+    problems = []
+    skip_port = str(default_port) if default_port is not None and port_problem(default_port) else None
+    for server in servers or []:
+        name, host = server.get("name"), server.get("host")
+        if not isinstance(name, str) or not HAPROXY_NAME.fullmatch(name):
+            problems.append(
+                f"gateway server {_shorten(name)} (host {_shorten(host)} and its vllm_instances name) has "
+                f"characters HAProxy refuses in a server name (only letters, digits and _ . : -): "
+                f"{_HAPROXY_BREAKS}. Fix: rename the inventory host or the instance.")
+        address = server.get("address")
+        if not isinstance(address, str) or not HAPROXY_ADDRESS.fullmatch(address):
+            problems.append(
+                f"ansible_host of {_shorten(host)} ({_shorten(address)}) is not an address the gateway can "
+                f"write into haproxy.cfg (no space, quote or '#'): {_HAPROXY_BREAKS}. Fix: set it to the "
+                f"server's DNS name or IP address.")
+        port = port_problem(server.get("port"), f"the port of gateway server {name} (vllm_port or the "
+                                                f"vllm_instances port of {host})")
+        if port and str(server.get("port")) != skip_port:
+            problems.append(port)
+    return problems
+
+
 class FilterModule:
     def filters(self):
         return {
             "base_url_problem": base_url_problem,
             "normalize_base_url": normalize_base_url,
             "served_model_name_problem": served_model_name_problem,
+            "port_problem": port_problem,
+            "max_model_len_problem": max_model_len_problem,
+            "redact_url": redact_url,
             "model_alias_problem": model_alias_problem,
             "claude_max_output_tokens": claude_max_output_tokens,
             "output_tokens_problem": output_tokens_problem,
@@ -273,5 +595,10 @@ class FilterModule:
             "normalize_claude_code_users": normalize_claude_code_users,
             "user_entry_problems": user_entry_problems,
             "extra_env_problems": extra_env_problems,
+            "users_env_problems": users_env_problems,
             "fleet_disagreements": fleet_disagreements,
+            "haproxy_time_problem": haproxy_time_problem,
+            "haproxy_count_problem": haproxy_count_problem,
+            "haproxy_word_problem": haproxy_word_problem,
+            "gateway_server_problems": gateway_server_problems,
         }

@@ -97,11 +97,14 @@ def gateway_servers(hostvars, hosts, default_port=8000):
         for instance in instances:
             if not isinstance(instance, dict):
                 continue
+            instance_port = instance.get("port", port)
+            if isinstance(instance_port, str) and re.fullmatch(r"[0-9]+", instance_port):
+                instance_port = int(instance_port)  # anything else is kept as written, for the gateway's check
             servers.append({
                 "name": f"{host}-{instance.get('name', 'main')}",
                 "host": host,
                 "address": get("ansible_host", None) or host,
-                "port": int(instance.get("port", port)),
+                "port": instance_port,
             })
     return servers
 

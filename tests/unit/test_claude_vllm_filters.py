@@ -183,3 +183,305 @@ def test_fleet_agreement_does_not_compare_a_host_with_itself():
     hostvars = FakeHostVars({"box": {"vllm_max_model_len": 65536}})
     assert filters.fleet_disagreements(hostvars, ["box"], "vllm_max_model_len", 32768, "box") == ""
     assert "box has 65536" in filters.fleet_disagreements(hostvars, ["box"], "vllm_max_model_len", 32768, "other")
+
+
+# --- Issue 11, item 5: inputs that were accepted and must be refused before any change -----------------------------
+
+@pytest.mark.parametrize("url", [
+    "http://fleetuser:s3cr3t-pass@gpu:8000",
+    "http://fleetuser@gpu:8000",
+    "https://fleetuser:s3cr3t/pass@gpu:8000",         # an unencoded '/' in the password: over-redact, never leak
+    "http://fleetuser:s3cr3t-pass@gpu:99999",          # bad port too: the URL parser's error must not echo it
+    "fleetuser:s3cr3t-pass@gpu:8000",                  # no scheme
+    "http://fleetuser:s3cr3t-pass@gpu:8000/v1",        # a path too
+    "http://fleetuser:s3cr3t-pass@gpu:8000\n",         # whitespace too
+])
+def test_base_url_with_credentials_is_refused_without_showing_them(url):
+    message = filters.base_url_problem(url)
+    assert message.startswith("anthropic_base_url") and "Fix:" in message
+    assert "fleetuser" not in message and "s3cr3t" not in message and "pass@" not in message
+
+
+def test_base_url_with_credentials_names_the_problem_and_the_token_variable():
+    message = filters.base_url_problem("http://fleetuser:s3cr3t-pass@gpu:8000")
+    assert "'http://***@gpu:8000'" in message
+    assert "credentials" in message and "llm_api_token" in message
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("http://user:pw@h:8000", "http://***@h:8000"),
+    ("https://u:p/q@h", "https://***@h"),
+    ("u:p@h:8000", "***@h:8000"),
+    ("http://h:8000", "http://h:8000"),
+    (None, None),
+])
+def test_redact_url(url, shown):
+    assert filters.redact_url(url) == shown
+
+
+@pytest.mark.parametrize("url", [
+    "http://gpu:8000\n",             # a YAML '|' block: the newline was written into settings.json
+    "http://gpu:8000\nX-Injected: 1",
+    "http://g pu:8000",
+    "http://gpu:8000/\t",
+    "http://gpu:8000\r",
+    "http://gp\x00u:8000",
+    "http://gpu\x1b:8000",
+    "http://gpu\u200b:8000",         # zero-width space: invisible in the inventory
+    "http://gpu:8000\u2028",
+])
+def test_base_url_with_whitespace_or_control_characters_anywhere_is_refused(url):
+    message = filters.base_url_problem(url)
+    assert message.startswith("anthropic_base_url") and "control character" in message
+    assert "Unable to connect" in message and "Fix:" in message
+    assert "\n" not in message and "\x00" not in message  # quoted as Python writes it
+
+
+@pytest.mark.parametrize("name", [
+    "Qwen3.5-27B", "llama-3.1-8b-instruct", "qwen2.5-coder:32b", "gpt-oss-20b", "Mixtral-8x7B+lora",
+    "DeepSeek-R1_Distill", "x" * 128, "7b",
+])
+def test_real_served_ids_pass(name):
+    assert filters.served_model_name_problem(name) == ""
+
+
+@pytest.mark.parametrize("name, shown", [
+    ('Qwen"3.5', "'\"'"),            # passed, then broke haproxy.cfg's health check string mid-run
+    ("Qwen%i", "'%'"),                # a systemd specifier in the unit
+    ("Qwen$HOME", "'$'"),             # expanded by systemd in ExecStart
+    ("Qwen'3", "\"'\""),
+    ("Qwen\\3", "'\\\\'"),
+    ("Qwen\x07", "'\\x07'"),
+    ("Qwen\x7f", "'\\x7f'"),
+    ("Qwén", "'é'"),
+    ("Qwen\u200b3", "'\\u200b'"),
+    ("Qwen#3", "'#'"),
+    ("Qwen;3", "';'"),
+    ("Qwen=3", "'='"),
+    ("-Qwen", "a leading '-'"),       # read as an option by vLLM's argument parser
+    (".Qwen", "a leading '.'"),
+])
+def test_served_names_outside_the_charset_are_refused(name, shown):
+    message = filters.served_model_name_problem(name)
+    assert message.startswith("served_model_name") and shown in message, message
+    assert "letters, digits and . _ - : +" in message and "haproxy -c" in message and "Fix:" in message
+
+
+def test_absurdly_long_served_name_is_refused_and_not_printed_whole():
+    name = "Qwen" + "x" * 125
+    message = filters.served_model_name_problem(name)
+    assert message.startswith("served_model_name") and "longer than 128 characters" in message
+    assert name not in message and "(129 characters)" in message
+
+
+def test_non_string_served_name_says_so():
+    assert "not a string" in filters.served_model_name_problem(27)
+
+
+@pytest.mark.parametrize("role", ["claude_code", "vllm", "gateway"])
+def test_every_role_that_templates_the_served_name_checks_it_with_the_same_filter(repo, role):
+    assert "served_model_name | served_model_name_problem" in (repo / f"roles/{role}/tasks/validate.yml").read_text()
+
+
+PASSWD = {
+    "root": ["x", "0", "0", "root", "/root", "/bin/bash"],
+    "daemon": ["x", "1", "1", "daemon", "/usr/sbin", "/usr/sbin/nologin"],
+    "bin": ["x", "2", "2", "bin", "/bin", "/usr/sbin/nologin"],
+    "www-data": ["x", "33", "33", "www-data", "/var/www", "/usr/sbin/nologin"],
+    "nobody": ["x", "65534", "65534", "nobody", "/nonexistent", "/usr/sbin/nologin"],
+    "alice": ["x", "1000", "1000", "", "/home/alice", "/bin/bash"],
+    "bob": ["x", "1001", "1001", "", "/home/bob", "/bin/bash"],
+    "ops": ["x", "600", "600", "", "/home/ops", "/bin/bash"],
+    "slash": ["x", "1002", "1002", "", "/", "/bin/bash"],
+    "dotslash": ["x", "1003", "1003", "", "/.", "/bin/bash"],
+    "relative": ["x", "1004", "1004", "", "home/relative", "/bin/bash"],
+    "alice2": ["x", "1005", "1005", "", "/home/alice/", "/bin/bash"],
+}
+
+
+def user_problems(users, **kwargs):
+    return filters.user_entry_problems(filters.normalize_claude_code_users(users), PASSWD, **kwargs)
+
+
+@pytest.mark.parametrize("users", [["alice", "alice"], ["alice", {"name": "alice", "env": {"X": "1"}}],
+                                   [{"name": "alice"}, {"name": "alice", "env": {}}, "alice"]])
+def test_duplicate_users_are_refused_once(users):
+    problems = user_problems(users)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("claude_code_users") and "'alice'" in problems[0]
+    assert f"{len(users)} times" in problems[0] and "changed" in problems[0] and "Fix:" in problems[0]
+
+
+@pytest.mark.parametrize("item, key, hint", [
+    ({"name": "alice", "envv": {"GITHUB_TOKEN": "ghp_secretvalue"}}, "'envv'", "'envv' -> 'env'"),
+    ({"name": "alice", "Env": {}}, "'Env'", "'Env' -> 'env'"),
+    ({"name": "alice", "env": {}, "shell": "/bin/zsh"}, "'shell'", "remove them"),
+    ({"user": "alice"}, "'user'", "remove them"),
+])
+def test_unknown_keys_in_a_user_item_are_refused(item, key, hint):
+    problems = user_problems([item])
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("claude_code_users") and key in problems[0] and hint in problems[0]
+    assert "only 'name' and 'env'" in problems[0] and "ghp_secretvalue" not in problems[0]
+
+
+def test_a_user_item_without_a_name_does_not_show_its_env():
+    problems = user_problems([{"env": {"GITHUB_TOKEN": "ghp_secretvalue"}}])
+    assert len(problems) == 1 and "has no user name" in problems[0] and "ghp_secretvalue" not in problems[0]
+
+
+@pytest.mark.parametrize("user, fragments", [
+    ("bin", ["'bin' is a system account (uid 2, below claude_code_user_uid_min 1000)", "/bin/.claude/settings.json",
+             "lower claude_code_user_uid_min"]),
+    ("daemon", ["uid 1,"]),
+    ("www-data", ["uid 33,"]),
+    ("nobody", ["overflow account (uid 65534", "/nonexistent/.claude"]),
+    ("slash", ["home directory '/'"]),
+    ("dotslash", ["home directory '/'"]),
+    ("relative", ["'home/relative', not an absolute path"]),
+])
+def test_system_accounts_and_homeless_users_are_refused(user, fragments):
+    for scope_must_exist in (True, False):  # user scope and managed scope (the smoke test still runs as the user)
+        problems = user_problems([user], must_exist=scope_must_exist)
+        assert len(problems) == 1, problems
+        assert problems[0].startswith("claude_code_users") and "Fix:" in problems[0]
+        for fragment in fragments:
+            assert fragment in problems[0], problems[0]
+
+
+def test_root_and_people_are_accepted():
+    assert user_problems(["root", "alice", "bob"]) == []
+
+
+def test_the_uid_minimum_is_a_variable():
+    assert user_problems(["ops"]) and user_problems(["ops"], uid_min=500) == []
+    assert "overflow account" in user_problems(["nobody"], uid_min=0)[0]  # whatever the minimum
+
+
+def test_users_sharing_a_home_are_refused():
+    problems = user_problems(["alice", "bob", "alice2"])
+    assert len(problems) == 1, problems
+    assert "'alice' and 'alice2' share the home directory /home/alice" in problems[0] and "Fix:" in problems[0]
+
+
+def test_uid_minimum_has_a_default_and_an_argument_spec(repo):
+    import yaml
+    defaults = yaml.safe_load((repo / "roles/claude_code/defaults/main.yml").read_text())
+    specs = yaml.safe_load((repo / "roles/claude_code/meta/argument_specs.yml").read_text())
+    assert defaults["claude_code_user_uid_min"] == 1000
+    assert specs["argument_specs"]["main"]["options"]["claude_code_user_uid_min"]["default"] == 1000
+    assert "uid_min=claude_code_user_uid_min" in (repo / "roles/claude_code/tasks/validate.yml").read_text()
+
+
+@pytest.mark.parametrize("key", ["BAD KEY=x", "", "1ABC", "A=B", "HTTP-PROXY", "naïve", " PATH", 5])
+def test_env_keys_must_be_variable_names(key):
+    problems = filters.extra_env_problems({key: "1"}, MANAGED, CONFLICTING, "claude_code_extra_env")
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("claude_code_extra_env") and "is not an environment variable name" in problems[0]
+    assert "Fix: rename it" in problems[0]
+
+
+@pytest.mark.parametrize("value", [{"token": "ghp_secretvalue"}, ["ghp_secretvalue", "b"]])
+def test_env_values_that_are_not_scalars_are_refused_without_showing_them(value):
+    problems = filters.extra_env_problems({"GITHUB_TOKEN": value}, MANAGED, CONFLICTING, "claude_code_extra_env")
+    assert len(problems) == 1 and problems[0].startswith("claude_code_extra_env.GITHUB_TOKEN")
+    assert "not a string" in problems[0] and "ghp_secretvalue" not in problems[0]
+
+
+@pytest.mark.parametrize("value", ["ghp_secret\x00value", "ghp_secret\nvalue", "ghp_secret\rvalue", "ghp\x1bsecret"])
+def test_env_values_with_nul_or_newline_are_refused_without_showing_them(value):
+    problems = filters.extra_env_problems({"GITHUB_TOKEN": value}, MANAGED, CONFLICTING, "claude_code_extra_env")
+    assert len(problems) == 1 and problems[0].startswith("claude_code_extra_env.GITHUB_TOKEN")
+    assert "control character" in problems[0] and "ghp" not in problems[0].split(".GITHUB_TOKEN", 1)[1]
+
+
+def test_env_value_with_a_tab_is_kept():
+    assert filters.extra_env_problems({"X": "a\tb"}, MANAGED, CONFLICTING) == []
+
+
+def test_users_env_is_checked_per_user_and_names_the_user():
+    entries = filters.normalize_claude_code_users([{"name": "alice", "env": {"BAD KEY=x": "1", "V": "a\nb"}}, "bob"])
+    problems = filters.users_env_problems(entries, MANAGED, CONFLICTING)
+    assert len(problems) == 2 and all(p.startswith("claude_code_users[alice].env") for p in problems), problems
+
+
+@pytest.mark.parametrize("value", [1e12, "1e12", "big", "64k", True, False, -1, 0, 65536.5, 65536.0, None, " 65536",
+                                   10_000_001, [65536]])
+def test_max_model_len_must_be_a_positive_whole_number(value):
+    message = filters.max_model_len_problem(value)
+    assert message.startswith("vllm_max_model_len") and "Fix:" in message
+
+
+def test_max_model_len_1e12_is_refused_with_what_vllm_would_have_been_given():
+    assert "--max-model-len '1000000000000.0'" in filters.max_model_len_problem(1e12)
+
+
+@pytest.mark.parametrize("value", [65536, "65536", 1, 10_000_000])
+def test_good_max_model_len(value):
+    assert filters.max_model_len_problem(value) == ""
+
+
+@pytest.mark.parametrize("value", ["big", 1e12, True, None])
+def test_a_bad_max_model_len_gives_one_message_not_a_traceback(value):
+    # the role default claude_code_max_output_tokens is computed while the role's arguments are read: no crash
+    assert filters.claude_max_output_tokens(value, 25000) == 0
+    assert filters.output_tokens_problem(value, 25000) == ""  # max_model_len_problem is the one message
+    derived = filters.claude_max_output_tokens(value, 25000)
+    assert filters.max_output_tokens_problem(derived, value, 25000) == ""
+    assert filters.context_tokens_problem(value, value) == ""
+
+
+@pytest.mark.parametrize("port", [70000, 0, -1, "abc", True, False, 8000.0, None, "80 80", "", 65536])
+def test_bad_vllm_port_is_named(port):
+    message = filters.port_problem(port)
+    assert message.startswith("vllm_port") and "between 1 and 65535" in message and "Fix:" in message
+
+
+@pytest.mark.parametrize("port", [8000, "8000", 1, 65535])
+def test_good_ports(port):
+    assert filters.port_problem(port) == ""
+
+
+def test_gateway_servers_keep_a_bad_port_for_the_check_instead_of_crashing():
+    instances = load_plugin("plugins/filter/vllm_instances.py", "vllm_instances_filters")
+    servers = instances.gateway_servers({"gpu-a": {"vllm_port": "abc"}}, ["gpu-a"], 8000)
+    assert servers[0]["port"] == "abc"
+    problems = filters.gateway_server_problems(servers)
+    assert len(problems) == 1 and "gpu-a-main" in problems[0] and "between 1 and 65535" in problems[0]
+    assert filters.gateway_server_problems(servers, "abc") == []  # named once, as vllm_port
+
+
+@pytest.mark.parametrize("server, fragment", [
+    ({"name": "gpu a-main", "host": "gpu a", "address": "10.0.0.5", "port": 8000}, "server name"),
+    ({"name": "gpu-a-main", "host": "gpu-a", "address": "10.0.0.5 #x", "port": 8000}, "ansible_host of 'gpu-a'"),
+    ({"name": "gpu-a-main", "host": "gpu-a", "address": "10.0.0.5", "port": 70000}, "gateway server gpu-a-main"),
+])
+def test_gateway_server_lines_are_checked_before_haproxy_c(server, fragment):
+    problems = filters.gateway_server_problems([server])
+    assert len(problems) == 1 and fragment in problems[0] and "Fix:" in problems[0]
+
+
+def test_gateway_words_and_times():
+    assert filters.haproxy_time_problem("50m", "gateway_timeout_client") == ""
+    assert filters.haproxy_time_problem(5000, "gateway_timeout_client") == ""
+    assert "gateway_timeout_client" in filters.haproxy_time_problem("50 min", "gateway_timeout_client")
+    assert filters.haproxy_time_problem(True, "t")
+    assert filters.haproxy_word_problem("/run/haproxy/admin.sock", "gateway_admin_socket", "path") == ""
+    assert "gateway_admin_socket" in filters.haproxy_word_problem("/run/ha proxy", "gateway_admin_socket", "path")
+    assert filters.haproxy_word_problem("run/admin.sock", "gateway_admin_socket", "path")
+    assert filters.haproxy_word_problem("*", "gateway_bind_address") == ""
+    assert filters.haproxy_word_problem("::", "gateway_bind_address") == ""
+    assert filters.haproxy_word_problem("127.0.0.1:8404 #", "gateway_stats_listen")
+    assert filters.haproxy_count_problem(2, "gateway_health_check_fall", 1) == ""
+    assert "at least 1" in filters.haproxy_count_problem(0, "gateway_health_check_fall", 1)
+
+
+@pytest.mark.parametrize("role, needle", [
+    ("claude_code", "vllm_port | port_problem"),
+    ("claude_code", "vllm_max_model_len | max_model_len_problem"),
+    ("vllm", "vllm_max_model_len | max_model_len_problem"),
+    ("gateway", "vllm_port | port_problem"),
+    ("gateway", "gateway_server_problems"),
+])
+def test_roles_use_the_checks(repo, role, needle):
+    assert needle in (repo / f"roles/{role}/tasks/validate.yml").read_text()
