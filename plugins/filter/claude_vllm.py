@@ -531,6 +531,16 @@ def haproxy_time_problem(value, variable):
     return ""
 
 
+def whole_number_problem(value, variable, minimum=0, example=None):
+    """A count or size setting: a whole number (int or digits) of at least `minimum`."""
+    number = _whole_number(value)
+    if number is None or number < int(minimum):
+        return (f"{variable} ({_shorten(value)}) must be a whole number of at least {int(minimum)}; the run would "
+                f"stop half-way, at the first task that uses it. Fix: set e.g. "
+                f"{example if example is not None else int(minimum)}.")
+    return ""
+
+
 def haproxy_count_problem(value, variable, minimum=0):
     number = _whole_number(value)
     if number is None or number < int(minimum):
@@ -599,6 +609,7 @@ class FilterModule:
             "fleet_disagreements": fleet_disagreements,
             "haproxy_time_problem": haproxy_time_problem,
             "haproxy_count_problem": haproxy_count_problem,
+            "whole_number_problem": whole_number_problem,
             "haproxy_word_problem": haproxy_word_problem,
             "gateway_server_problems": gateway_server_problems,
         }

@@ -485,3 +485,14 @@ def test_gateway_words_and_times():
 ])
 def test_roles_use_the_checks(repo, role, needle):
     assert needle in (repo / f"roles/{role}/tasks/validate.yml").read_text()
+
+
+@pytest.mark.parametrize("value", [-1, "-1", "x", 1.5, True, None, [], "3 "])
+def test_whole_number_problem_refuses_what_is_not_a_count(value):
+    message = filters.whole_number_problem(value, "claude_code_backup_keep", 0, 3)
+    assert message.startswith("claude_code_backup_keep (") and "Fix: set e.g. 3" in message
+
+
+@pytest.mark.parametrize("value", [0, 3, "3"])
+def test_whole_number_problem_accepts_counts(value):
+    assert filters.whole_number_problem(value, "claude_code_backup_keep", 0) == ""
