@@ -1,18 +1,27 @@
 """Offline checks of tools/claude-vllm-doctor, with settings files built in tmp_path.
 
 The online checks talk to a real vLLM server; they were verified by hand (tools/README.md) and run
-automatically in the end-to-end Molecule scenario. No fake server here.
+automatically in the end-to-end Molecule scenario. The only server here is a hostile one (a real local HTTP
+server answering garbage), to show that no answer makes the doctor crash or print a secret.
 """
 
 from __future__ import annotations
 
+import builtins
 import copy
+import errno
 import glob
 import json
 import os
+import random
 import re
+import resource
+import signal
+import socket
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.machinery import SourceFileLoader
 from importlib.util import module_from_spec, spec_from_loader
 
@@ -542,3 +551,647 @@ def test_claude_config_dir_moves_the_user_file(tmp_path, capsys, monkeypatch):
     assert code == 0, errors(report)
     warning = [f for f in report["findings"] if f["id"] == "settings.config_dir"][0]
     assert warning["severity"] == "warning" and str(other / "settings.json") in warning["problem"]
+
+
+# --------------------------------------------------------------------------------------------- hostile input
+# A user can put anything where the doctor looks: it must answer every case with findings (file named, what is
+# wrong, the fix), never hang, never print a traceback, never print a credential, and --json must stay strict JSON.
+
+def reject_constant(name):
+    raise ValueError("not strict JSON: " + name)
+
+
+def strict_json(text):
+    """json.loads that refuses NaN / Infinity (what a strict JSON parser, e.g. the smoke module's consumers, does)."""
+    return json.loads(text, parse_constant=reject_constant)
+
+
+def run_process(args, env, cwd=None, timeout=30):
+    """The doctor in a subprocess, memory-capped: a hang or a runaway read fails the test instead of stalling it."""
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20))
+    try:
+        proc = subprocess.run([sys.executable, str(DOCTOR)] + args, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True, timeout=timeout,
+                              preexec_fn=limit_memory)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the doctor hung for more than {} s with {}".format(timeout, args))
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def bind_socket(path):
+    """A Unix socket at path (bound from its directory: socket paths are limited to ~107 bytes)."""
+    here = os.getcwd()
+    os.chdir(str(path.parent))
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path.name)
+        sock.close()
+    finally:
+        os.chdir(here)
+
+
+# case -> words the problem must contain (what is wrong)
+HOSTILE_FILES = {
+    "fifo": "named pipe",
+    "socket": "socket",
+    "parent_is_file": "not a directory",
+    "dangling_link": "symbolic link",
+    "directory": "regular file",
+    "invalid_utf8": "UTF-8",
+    "deep_nesting": "nested",
+    "sparse_1gib": "1073741824 bytes",
+    "nan": "NaN",
+}
+
+
+def make_hostile(case, path):
+    """Put the hostile thing at path (a settings file location); return the path the finding must name."""
+    if case == "parent_is_file":
+        path.parent.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.write_text("not a directory\n")
+        return path.parent
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if case == "fifo":
+        os.mkfifo(str(path))
+    elif case == "socket":
+        bind_socket(path)
+    elif case == "dangling_link":
+        os.symlink(str(path.parent / "gone.json"), str(path))
+    elif case == "directory":
+        path.mkdir()
+    elif case == "invalid_utf8":
+        path.write_bytes(b'{"model": "sonnet\xff\xfe", "env": {}}')
+    elif case == "deep_nesting":
+        path.write_text("[" * 200000)
+    elif case == "sparse_1gib":
+        with open(str(path), "wb") as handle:
+            handle.truncate(1 << 30)
+    elif case == "nan":
+        path.write_text('{"model": "sonnet", "env": {"CLAUDE_CODE_MAX_OUTPUT_TOKENS": NaN}}')
+    return path
+
+
+@pytest.mark.parametrize("where", ["user", "config_dir", "project", "managed"])
+@pytest.mark.parametrize("case", sorted(HOSTILE_FILES))
+def test_hostile_settings_file(tmp_path, case, where):
+    if where == "project" and case == "parent_is_file":
+        pytest.skip("a project whose .claude is a file has no project settings: nothing to read, nothing to report")
+    home = tmp_path / "home"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home)}
+    args = ["--managed", str(tmp_path / "none.json"), "--offline", "--json", "--no-project"]
+    if where == "user":
+        target = home / ".claude" / "settings.json"
+    elif where == "config_dir":
+        target = tmp_path / "cfg" / "settings.json"
+        env["CLAUDE_CONFIG_DIR"] = str(tmp_path / "cfg")
+    elif where == "project":
+        write_path = home / ".claude" / "settings.json"
+        write_path.parent.mkdir(parents=True)
+        write(write_path, WORKING)
+        target = tmp_path / "repo" / ".claude" / "settings.json"
+        args = ["--managed", str(tmp_path / "none.json"), "--offline", "--json", "--project", str(tmp_path / "repo")]
+    else:
+        (home / ".claude").mkdir(parents=True)
+        write(home / ".claude" / "settings.json", WORKING)
+        target = tmp_path / "etc" / "managed-settings.json"
+        args = ["--managed", str(target), "--offline", "--json", "--no-project"]
+    named = make_hostile(case, target)
+    proc = run_process(args, env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    report = strict_json(proc.stdout)
+    about = [f for f in report["findings"] if f["id"].startswith("settings.") and f["severity"] == "error"]
+    assert len(about) == 1, json.dumps(report["findings"], indent=1)
+    finding = about[0]
+    assert str(named) in finding["problem"], finding
+    assert HOSTILE_FILES[case] in finding["problem"], finding
+    assert finding["symptom"] and finding["fix"], finding
+    assert "Errno" not in proc.stdout and "maximum recursion" not in proc.stdout
+    kind = {"user": "user", "config_dir": "user", "project": "project", "managed": "managed"}[where]
+    assert [s["status"] for s in report["settings"] if s["kind"] == kind] != ["loaded"]
+
+
+def test_fifo_swapped_in_after_the_check_is_refused_without_blocking(tmp_path, capsys, monkeypatch):
+    """The race: stat() saw a regular file, a FIFO is there by the time it is opened. The non-blocking open
+    returns at once and fstat() on that descriptor refuses it (signal.alarm: a regression fails, not hangs)."""
+    fifo = tmp_path / "settings.json"
+    os.mkfifo(str(fifo))
+    regular = write(tmp_path / "regular.json", WORKING)
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda path, *a, **k: real_stat(str(regular) if str(path) == str(fifo) else path,
+                                                                      *a, **k))
+
+    def hung(*_args):
+        raise TimeoutError("the doctor blocked on a FIFO")
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        code, report = run(tmp_path, None, capsys=capsys)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert code == 1
+    finding = [f for f in errors(report) if f["id"] == "settings.unreadable"][0]
+    assert str(fifo) in finding["problem"] and "named pipe" in finding["problem"] and finding["fix"]
+
+
+def test_settings_size_cap_option(tmp_path, capsys):
+    data = settings()
+    data["padding"] = "x" * 3000
+    path = write(tmp_path / "settings.json", data)
+    base = ["--settings", str(path), "--managed", str(tmp_path / "none.json"), "--offline", "--json", "--no-project"]
+    assert doctor.main(base + ["--max-settings-bytes", "1000"], environ={}) == 1
+    report = strict_json(capsys.readouterr().out)
+    finding = [f for f in errors(report) if f["id"] == "settings.too_large"][0]
+    assert str(path) in finding["problem"] and "1000-byte" in finding["problem"]
+    assert "--max-settings-bytes" in finding["fix"]
+    assert doctor.main(base + ["--max-settings-bytes", "65536"], environ={}) == 0
+    assert errors(strict_json(capsys.readouterr().out)) == []
+    assert doctor.DEFAULT_MAX_SETTINGS_BYTES == 1048576
+
+
+@pytest.mark.parametrize("python", old_pythons())
+def test_hostile_files_on_an_old_python(python, tmp_path):
+    for case in ("fifo", "deep_nesting", "nan", "parent_is_file"):
+        home = tmp_path / case
+        named = make_hostile(case, home / ".claude" / "settings.json")
+        proc = run_process(["--managed", str(tmp_path / "none.json"), "--offline", "--json", "--no-project"],
+                           {"PATH": "/usr/bin:/bin", "HOME": str(home)})
+        assert proc.returncode == 1, proc.stderr
+        problems = [f["problem"] for f in strict_json(proc.stdout)["findings"] if f["id"].startswith("settings.")]
+        assert any(str(named) in p and HOSTILE_FILES[case] in p for p in problems), problems
+
+
+def test_unreadable_file_names_it_and_the_fix(tmp_path, capsys, monkeypatch):
+    target = write(tmp_path / "settings.json", WORKING)
+    if os.geteuid() == 0:  # root reads any mode: refuse the open the way the kernel would for a user
+        real_open = os.open
+
+        def denied(path, *args, **kwargs):
+            if str(path) == str(target):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real_open(path, *args, **kwargs)
+        real_builtin_open = builtins.open
+
+        def denied_builtin(path, *args, **kwargs):
+            if str(path) == str(target):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real_builtin_open(path, *args, **kwargs)
+        monkeypatch.setattr(os, "open", denied)
+        monkeypatch.setattr(builtins, "open", denied_builtin)
+    else:
+        target.chmod(0)
+    code, report = run(tmp_path, None, capsys=capsys)
+    assert code == 1
+    finding = [f for f in errors(report) if f["id"] == "settings.unreadable"][0]
+    assert str(target) in finding["problem"] and "ermission denied" in finding["problem"]
+    assert "readable" in finding["fix"] and "Errno" not in json.dumps(report)
+
+
+@pytest.mark.parametrize("url", [
+    "http://u:SECRET-pass-1@x:99999",
+    "http://u:SECRET-pass-1@[::1:8000",
+    "http://u:SECRET-pass-1@",
+    "http://u:SECRET-pass-1@:8000",
+    "http://u:SECRET-pass-1@gpu-01:0",
+    "http://u:SECRET-pass-1@gpu 01:8000",
+    " http://u:SECRET-pass-1@gpu-01:8000",
+    "ftp://u:SECRET-pass-1@gpu-01:8000",
+    "u:SECRET-pass-1@gpu-01:8000",
+    "http://u:SECRET-pass-1@gpu-01:8000/v1",
+    "http://u:SECRET-pass-1@exa\uff0fmple:8000",
+    "http://u:SECRET/pass-1@gpu-01:8000",
+    "http://SECRET-pass-1@gpu-01:8000",
+])
+def test_url_credentials_are_never_printed(tmp_path, capsys, url):
+    path = write(tmp_path / "settings.json", settings(ANTHROPIC_BASE_URL=url))
+    for extra in (["--json"], []):
+        code = doctor.main(["--settings", str(path), "--managed", str(tmp_path / "none"), "--offline",
+                            "--no-project"] + extra, environ={})
+        captured = capsys.readouterr()
+        assert code in (0, 1)  # credentials alone are a warning (base_url.credentials)
+        for secret in ("SECRET-pass-1", "SECRET/pass-1", "pass-1"):
+            assert secret not in captured.out + captured.err, captured.out
+        if extra:
+            report = strict_json(captured.out)
+            assert any(f["key"] == "ANTHROPIC_BASE_URL" and f["severity"] in ("error", "warning")
+                       for f in report["findings"])
+
+
+def test_secret_looking_env_values_are_masked(tmp_path, capsys):
+    data = settings(GITHUB_TOKEN=12345678901234, DB_PASSWORD=["hunter2-secret"], MY_SECRET={"x": "abcdef-secret"},
+                    AWS_ACCESS_KEY_ID="AKIA-secret-id")
+    repo = project_dir(tmp_path, shared={"env": {"GITHUB_TOKEN": "ghp_projectsecret", "ANTHROPIC_AUTH_TOKEN": 987654}})
+    code, report = run(tmp_path, data, project=repo, capsys=capsys)
+    text = json.dumps(report)
+    for secret in ("12345678901234", "hunter2-secret", "abcdef-secret", "AKIA-secret-id", "ghp_projectsecret",
+                   "987654"):
+        assert secret not in text, secret
+    assert report["effective"]["max_output_tokens"] == 32000  # a token *count* is not a secret
+
+
+def test_json_output_is_strict_with_non_finite_numbers(tmp_path, capsys):
+    data = settings(CLAUDE_CODE_MAX_OUTPUT_TOKENS=1)
+    data["model"] = "MODEL"
+    data["env"]["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = "BUDGET"
+    text = json.dumps(data).replace('"MODEL"', "1e999").replace('"BUDGET"', "-1e999")  # valid JSON: +-inf
+    path = write(tmp_path / "settings.json", text)
+    for extra in (["--json"], []):
+        code = doctor.main(["--settings", str(path), "--managed", str(tmp_path / "none"), "--offline",
+                            "--no-project"] + extra, environ={})
+        out = capsys.readouterr().out
+        assert code == 1
+    code = doctor.main(["--settings", str(path), "--managed", str(tmp_path / "none"), "--offline", "--no-project",
+                        "--json"], environ={})
+    report = strict_json(capsys.readouterr().out)
+    assert report["effective"]["model"] is not None
+    assert "output_budget.invalid" in {f["id"] for f in errors(report)}
+
+
+# ----------------------------------------------------------------------------- fuzz: settings and offline checks
+
+SECRET_ENV_KEYS = ("ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_API_KEY", "GITHUB_TOKEN", "DB_PASSWORD", "MY_SECRET",
+                   "OPENAI_API_KEY")
+KNOWN_KEYS = ("ANTHROPIC_BASE_URL", "ANTHROPIC_DEFAULT_OPUS_MODEL", "ANTHROPIC_DEFAULT_SONNET_MODEL",
+              "ANTHROPIC_DEFAULT_HAIKU_MODEL", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+              "CLAUDE_CODE_MAX_OUTPUT_TOKENS", "ANTHROPIC_CUSTOM_MODEL_OPTION", "ANTHROPIC_MODEL",
+              "ANTHROPIC_SMALL_FAST_MODEL", "API_TIMEOUT_MS", "HTTPS_PROXY")
+
+
+class Planted(object):
+    """Secrets planted in one fuzz case: none of them may appear in the doctor's output."""
+
+    def __init__(self, rng):
+        self.rng = rng
+        self.values = []
+
+    def new(self, prefix):
+        value = "{}-{:016x}".format(prefix, self.rng.getrandbits(64))
+        self.values.append(value)
+        return value
+
+    def check(self, text):
+        for value in self.values:
+            assert value not in text, "planted secret {!r} printed:\n{}".format(value, text[:3000])
+
+
+def random_url(rng, planted, host=None, port=None):
+    scheme = rng.choice(["http", "https", "HTTP", "ftp", "", "http:", "h\u00fcttp"])
+    password = planted.new("pw")
+    userinfo = rng.choice(["", "", "user:{}@".format(password), "{}@".format(password), ":{}@".format(password),
+                           "us er:{}@".format(password), "user:{}/x@".format(password),
+                           "user:{}@evil@".format(password)])
+    host = host or rng.choice(["gpu-01", "127.0.0.1", "[::1]", "[::1", "::1]", "[fe80::1%eth0]", "", " ", "gp u",
+                               "gp\u00fc", "exa\uff0fmple", "\u2100", "a" * 300, "x.invalid", "[v1.x]", "h\x00st"])
+    port = port if port is not None else rng.choice(["", ":", ":0", ":8000", ":65535", ":65536", ":99999", ":-1",
+                                                     ":+80", ": 80", ":abc", ":8000:9000", ":\u0668\u0660"])
+    path = rng.choice(["", "", "/", "/v1", "/v1/", "/api?x=1", "#frag", "?q=@at", "/a b", "/\n"])
+    sep = rng.choice(["://", "://", "//", ":/", ""])
+    if "//" not in sep and ":" not in userinfo:
+        planted.values.remove(password)  # "httpsSECRET@host" has no credentials: nothing marks it as secret
+    return scheme + sep + userinfo + host + port + path
+
+
+def random_value(rng, planted, depth=0):
+    choice = rng.randrange(14 if depth < 6 else 9)
+    if choice == 0:
+        return None
+    if choice == 1:
+        return rng.choice([True, False])
+    if choice == 2:
+        return rng.choice([0, 1, -1, 16000, 32000, 10 ** 30, -(10 ** 30), 2 ** 63])
+    if choice == 3:
+        return rng.choice([0.5, -0.0, 1e308, 16000.0, float("inf"), float("nan"), "__BIG__"])
+    if choice in (4, 5):
+        return rng.choice(["", " ", "sonnet", "SONNET", "opus", SERVED, "Qwen/" + SERVED, " x ", "a b", "\n", "1",
+                           "0", "16000", "abc", "\u00fc\u00f1\u00ee", "\ud800", "\x00\x1b[31m", "x" * 5000, "9" * 5000,
+                           "1e5", "1_000", "-5"])
+    if choice == 6:
+        return random_url(rng, planted)
+    if choice == 7:  # looks like a token, but where nothing says it is one (only secret-looking keys do)
+        return "tok-not-a-secret-{}".format(rng.randrange(100))
+    if choice == 8:
+        return "http://127.0.0.1:8000"
+    if choice in (9, 10):
+        return [random_value(rng, planted, depth + 1) for _ in range(rng.randrange(4))]
+    keys = list(KNOWN_KEYS) + list(SECRET_ENV_KEYS) + ["", "a", "env", "model", "x y"]
+    data = {}
+    for _ in range(rng.randrange(4)):
+        key = rng.choice(keys)
+        data[key] = planted_secret(rng, planted) if key in SECRET_ENV_KEYS else random_value(rng, planted, depth + 1)
+    return data
+
+
+def planted_secret(rng, planted):
+    """A value under a secret-looking key: a token, or one hidden in a list or an object."""
+    kind = rng.randrange(4)
+    if kind == 3:  # a number: still a secret
+        number = 10 ** 15 + rng.randrange(10 ** 15)
+        planted.values.append(str(number))
+        return number
+    token = planted.new("tok")
+    return [token, [token, 1], {"a": {"b": token}}][kind]
+
+
+def random_settings(rng, planted):
+    """A settings file as text: random types everywhere, secrets planted under secret-looking keys and in URLs."""
+    data = {}
+    if rng.random() < 0.8:
+        data["model"] = random_value(rng, planted) if rng.random() < 0.5 else rng.choice(["sonnet", SERVED])
+    if rng.random() < 0.15:
+        data["env"] = random_value(rng, planted)
+    else:
+        env = {}
+        for key in KNOWN_KEYS:
+            if rng.random() < 0.5:
+                env[key] = random_value(rng, planted) if rng.random() < 0.6 else WORKING["env"].get(key, SERVED)
+        for key in SECRET_ENV_KEYS:
+            if rng.random() < 0.5:
+                env[key] = planted_secret(rng, planted)
+        if rng.random() < 0.5:
+            env["ANTHROPIC_BASE_URL"] = random_url(rng, planted)
+        data["env"] = env
+    if rng.random() < 0.3:
+        data["mcpServers"] = {"gh": {"env": {"GITHUB_TOKEN": planted.new("tok")}, "url": random_url(rng, planted)}}
+    if rng.random() < 0.2:
+        data[rng.choice(["permissions", "hooks", "x", "apiKeyHelper"])] = random_value(rng, planted)
+    text = json.dumps(data, indent=rng.choice([None, 2]))
+    return text.replace('"__BIG__"', rng.choice(["1e999", "-1e999", "1" * 400, "0.0000e-99999"]))
+
+
+def mutate(rng, data):
+    """Byte-level mutations of a settings file: flips, cuts, insertions of JSON tokens, deep nesting, NaN."""
+    data = bytearray(data)
+    for _ in range(rng.randrange(1, 6)):
+        op = rng.randrange(7)
+        pos = rng.randrange(len(data) + 1)
+        if op == 0 and data:
+            data[min(pos, len(data) - 1)] = rng.randrange(256)
+        elif op == 1:
+            del data[pos:pos + rng.randrange(1, 20)]
+        elif op == 2:
+            data[pos:pos] = rng.choice([b"NaN", b"-Infinity", b"Infinity", b"1e999", b"\xff", b"\xc3", b"\x00",
+                                        b'"\\ud800"', b"\xef\xbb\xbf", b",", b"}", b"]", b'"', b"\\"])
+        elif op == 3:
+            depth = rng.choice([50, 101, 999, 1000, 3000, 100000])
+            data[pos:pos] = rng.choice([b"[", b'{"a":']) * depth
+        elif op == 4:
+            data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40)))
+        elif op == 5:
+            data = data[:pos]
+        else:
+            data[pos:pos] = b'{"env": {"ANTHROPIC_BASE_URL": "http://u:p@x:99999"}}'
+    return bytes(data)
+
+
+def run_main(argv, environ, capsys):
+    """main() in this process: it must return 0 or 1 and leave no exception, whatever the input."""
+    code = doctor.main(argv, environ=environ)
+    captured = capsys.readouterr()
+    assert code in (0, 1), captured
+    return captured.out, captured.err
+
+
+def check_json_output(out):
+    report = strict_json(out)
+    assert report["schema"] == "claude-vllm-doctor/1"
+    assert "doctor.internal_error" not in {f["id"] for f in report["findings"]}, report["findings"]
+    return report
+
+
+def test_fuzz_settings_bytes(tmp_path, capsys):
+    """Random bytes and mutated settings files, in the user, project and managed positions."""
+    rng = random.Random(20261124)
+    repo = project_dir(tmp_path)
+    seeds = [json.dumps(WORKING).encode(), json.dumps(WORKING, indent=2).encode(), b"{}", b"[]", b""]
+    for _ in range(1000):
+        if rng.random() < 0.3:
+            blob = bytes(rng.randrange(256) for _ in range(rng.randrange(200)))
+        else:
+            blob = mutate(rng, rng.choice(seeds))
+        target = rng.choice([tmp_path / "settings.json", tmp_path / "managed-settings.json",
+                             repo / ".claude" / "settings.json", repo / ".claude" / "settings.local.json"])
+        target.write_bytes(blob)
+        argv = ["--settings", str(tmp_path / "settings.json"), "--managed", str(tmp_path / "managed-settings.json"),
+                "--offline", "--project", str(repo)]
+        out, _ = run_main(argv + ["--json"], {}, capsys)
+        check_json_output(out)
+        run_main(argv, {}, capsys)
+        target.unlink()
+
+
+def test_fuzz_settings_structures(tmp_path, capsys):
+    """Random JSON of random types in every position, random URLs, planted secrets: none is ever printed."""
+    rng = random.Random(11)
+    repo = project_dir(tmp_path)
+    for _ in range(800):
+        planted = Planted(rng)
+        files = {tmp_path / "settings.json": random_settings(rng, planted)}
+        for extra in (tmp_path / "managed-settings.json", repo / ".claude" / "settings.json",
+                      repo / ".claude" / "settings.local.json"):
+            if rng.random() < 0.3:
+                files[extra] = random_settings(rng, planted)
+        for path, text in files.items():
+            path.write_text(text)
+        environ = {}
+        if rng.random() < 0.3:
+            environ = {"ANTHROPIC_AUTH_TOKEN": planted.new("tok"), "ANTHROPIC_BASE_URL": random_url(rng, planted),
+                       "GITHUB_TOKEN": planted.new("tok"), "HTTPS_PROXY": random_url(rng, planted)}
+        argv = ["--settings", str(tmp_path / "settings.json"), "--managed", str(tmp_path / "managed-settings.json"),
+                "--offline", "--project", str(repo)]
+        out, err = run_main(argv + ["--json"], environ, capsys)
+        check_json_output(out)
+        planted.check(out + err)
+        out, err = run_main(argv, environ, capsys)
+        planted.check(out + err)
+        for path in files:
+            path.unlink()
+
+
+def test_fuzz_deep_nesting(tmp_path, capsys):
+    for depth in (99, 100, 101, 500, 998, 1000, 5000, 200000):
+        for opener, closer in (("[", "]"), ('{"a":', "}")):
+            nested = opener * depth + "1" + closer * depth
+            for text in (nested, '{"env": {"ANTHROPIC_BASE_URL": ' + nested + "}}", '{"model": ' + nested + "}",
+                         '{"env": ' + nested + "}", opener * depth):
+                write(tmp_path / "settings.json", text)
+                out, _ = run_main(["--settings", str(tmp_path / "settings.json"), "--managed",
+                                   str(tmp_path / "none"), "--offline", "--no-project", "--json"], {}, capsys)
+                check_json_output(out)
+
+
+def test_fuzz_urls(tmp_path, capsys):
+    rng = random.Random(7)
+    for _ in range(1000):
+        planted = Planted(rng)
+        path = write(tmp_path / "settings.json", settings(ANTHROPIC_BASE_URL=random_url(rng, planted),
+                                                          ANTHROPIC_AUTH_TOKEN=planted.new("tok")))
+        out, err = run_main(["--settings", str(path), "--managed", str(tmp_path / "none"), "--offline",
+                             "--no-project", "--json"], {}, capsys)
+        report = check_json_output(out)
+        planted.check(out + err)
+        assert report["effective"]["auth_token"] == "********"
+
+
+# ----------------------------------------------------------------------------- fuzz: hostile server answers
+
+BIG_BODY = b'{"data": [' + b'{"id": "x", "max_model_len": 1},' * 70000 + b'{"id": "Qwen3.5-27B"}]}'
+
+
+def good_models():
+    return 200, "application/json", json.dumps({"object": "list", "data": [
+        {"id": SERVED, "object": "model", "max_model_len": 65536}]}).encode()
+
+
+def good_message():
+    return 200, "application/json", json.dumps({"type": "message", "content": [
+        {"type": "text", "text": "ready"}]}).encode()
+
+
+HOSTILE_ANSWERS = [
+    (200, "application/json", b'{"content": 5}'),
+    (200, "application/json", b'{"content": "text"}'),
+    (200, "application/json", b'{"content": [5, null, {"type": "text", "text": 5}, {"type": "tool_use", "name": []}]}'),
+    (200, "application/json", b'{"content": [{"type": "text", "text": {"a": 1}}]}'),
+    (200, "application/json", b"[1, 2, 3]"),
+    (200, "application/json", b'"just a string"'),
+    (200, "application/json", b"null"),
+    (200, "application/json", b'{"data": 5}'),
+    (200, "application/json", b'{"data": {"id": "Qwen3.5-27B"}}'),
+    (200, "application/json", b'{"data": [5, "x", null, {"id": null}, {"id": {"a": [1]}}, {"id": 7}]}'),
+    (200, "application/json", b'{"data": [{"id": "Qwen3.5-27B", "max_model_len": "65536"}]}'),
+    (200, "application/json", b'{"data": [{"id": "Qwen3.5-27B", "max_model_len": NaN}]}'),
+    (200, "application/json", b'{"data": [{"id": "Qwen3.5-27B", "max_model_len": 1e999}]}'),
+    (200, "application/json", b'{"data": [{"id": "Qwen3.5-27B", "max_model_len": true}]}'),
+    (200, "application/json", b'{"data": [{"id": "Qwen3.5-27B", "max_model_len": -5}]}'),
+    (200, "application/json", b'{"data": [{"id": "Qwen3.5-27B", "max_model_len": ' + b"9" * 5000 + b"}]}"),
+    (200, "application/json", b'{"data": [{"id": "Qwen3.5-27B", "max_model_len": 99999999999999999999999}]}'),
+    (200, "application/json", b'{"data": [{"id": "Qwen/Qwen3.5-27B\\u001b[31m"}]}'),
+    (200, "text/html", b"<html><body>It works!</body></html>"),
+    (200, "application/json", b"[" * 70000),
+    (200, "application/json", b'{"error": {"message": ' + b"[" * 5000 + b"]" * 5000 + b"}}"),
+    (200, "application/json", BIG_BODY),
+    (200, "application/octet-stream", bytes(range(256)) * 10),
+    (200, "application/json", b""),
+    (400, "application/json", b'{"error": {"message": {"nested": ["auto", "tool"]}}}'),
+    (400, "text/plain", b'"auto" tool choice requires --enable-auto-tool-choice \xff\xfe'),
+    (400, "application/json", b'{"error": {"message": "max_model_len NaN"}, "detail": [1]}'),
+    (401, "application/json", b'{"error": "Unauthorized"}'),
+    (403, "text/plain", b"\x00\x01\x02 forbidden"),
+    (404, "application/json", b'{"message": 5, "detail": {"a": "does not exist"}}'),
+    (404, "text/plain", b"The model `X` does not exist." + b"\xff" * 100),
+    (500, "application/json", b"NaN"),
+    (503, "text/html", b"<h1>" + b"A" * 200000 + b"</h1>"),
+    (302, "text/plain", b"go elsewhere"),
+    (204, "application/json", b""),
+    "echo",            # the request's own headers in the body: the token must still not be printed
+    "bad_status_line",
+    "short_body",      # Content-Length larger than what is sent
+    "close",           # closes the connection without an answer
+]
+
+
+class HostileServer(BaseHTTPRequestHandler):
+    """A real HTTP server answering each path with what the test sets in `answers` (default: a good vLLM)."""
+
+    answers = {}
+    seen = []
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        self._serve()
+
+    def do_POST(self):  # noqa: N802
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        self._serve()
+
+    def _serve(self):
+        HostileServer.seen.append(self.requestline + "\n" + str(self.headers))
+        default = {"/health": (200, "text/plain", b""), "/v1/models": good_models()}.get(self.path, good_message())
+        answer = self.answers.get(self.path, default)
+        if answer == "echo":
+            answer = (401, "text/plain", ("you sent: " + str(self.headers)).encode())
+        if answer == "bad_status_line":
+            self.wfile.write(b"HELLO THERE\r\n\r\n")
+            return
+        if answer == "close":
+            self.close_connection = True
+            return
+        if answer == "short_body":
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b'{"content": [')
+            return
+        status, content_type, body = answer
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if status == 302:
+            self.send_header("Location", "http://127.0.0.1:1/elsewhere")
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except OSError:  # the doctor stops reading at its cap and closes
+            pass
+
+    def log_message(self, *_args):
+        pass
+
+
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # a client that hangs up early is expected here
+
+
+@pytest.fixture()
+def hostile_server():
+    httpd = QuietServer(("127.0.0.1", 0), HostileServer)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield "http://127.0.0.1:{}".format(httpd.server_address[1])
+    httpd.shutdown()
+    httpd.server_close()
+    HostileServer.answers, HostileServer.seen = {}, []
+
+
+def test_fuzz_hostile_server_answers(tmp_path, capsys, hostile_server):
+    rng = random.Random(5)
+    paths = ["/health", "/v1/models", "/v1/messages", "/v1/v1/messages"]
+    cases = [dict((path, answer) for path in paths) for answer in HOSTILE_ANSWERS]  # each answer everywhere
+    for path in paths:  # each answer at each endpoint, the others good
+        cases += [{path: answer} for answer in HOSTILE_ANSWERS]
+    cases += [dict((p, rng.choice(HOSTILE_ANSWERS)) for p in paths if rng.random() < 0.7) for _ in range(60)]
+    for number, answers in enumerate(cases):
+        planted = Planted(rng)
+        HostileServer.answers = answers
+        url = rng.choice([hostile_server, hostile_server + "/v1", hostile_server + "/"])
+        if rng.random() < 0.3:
+            url = url.replace("http://", "http://user:{}@".format(planted.new("pw")))
+        env_changes = {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_AUTH_TOKEN": planted.new("tok")}
+        if rng.random() < 0.3:
+            env_changes["ANTHROPIC_API_KEY"] = planted.new("key")
+        path = write(tmp_path / "settings.json", settings(**env_changes))
+        argv = ["--settings", str(path), "--managed", str(tmp_path / "none"), "--no-project", "--timeout", "5"]
+        out, err = run_main(argv + ["--json"], {}, capsys)
+        report = check_json_output(out)
+        assert report["server"]["checked"] is True, (number, answers)
+        planted.check(out + err)
+        out, err = run_main(argv, {}, capsys)
+        planted.check(out + err)
+    for request in HostileServer.seen:  # URL credentials are never sent either
+        assert "pw-" not in request
+
+
+def test_server_answer_content_5_is_a_finding(tmp_path, capsys, hostile_server):
+    """The issue's case: a server answering {"content": 5} to POST /v1/messages."""
+    HostileServer.answers = {"/v1/messages": (200, "application/json", b'{"content": 5}')}
+    path = write(tmp_path / "settings.json", settings(ANTHROPIC_BASE_URL=hostile_server))
+    out, _ = run_main(["--settings", str(path), "--managed", str(tmp_path / "none"), "--no-project", "--json"], {},
+                      capsys)
+    report = check_json_output(out)
+    finding = [f for f in report["findings"] if f["id"] == "server.messages"][0]
+    assert finding["severity"] == "warning" and "no text" in finding["problem"]
