@@ -45,6 +45,10 @@ options:
     description: Seconds each of the doctor's HTTP requests may take.
     type: int
     default: 30
+  settings_max_bytes:
+    description: The doctor refuses settings files larger than this before reading them.
+    type: int
+    default: 1048576
   expect_reply:
     description: When set, the reply of C(claude -p) must contain this text.
     type: str
@@ -238,7 +242,7 @@ def doctor_wall_timeout(module):
 def run_doctor(module, account):
     # --no-project: claude -p runs in an empty directory, so no project settings apply to it either.
     argv = [module.params["doctor"], "--json", "--no-project", "--timeout", str(module.params["doctor_timeout"]),
-            "--prompt", module.params["prompt"]]
+            "--max-settings-bytes", str(module.params["settings_max_bytes"]), "--prompt", module.params["prompt"]]
     limit = doctor_wall_timeout(module)
     rc, out, err, elapsed = run_as(account, argv, limit)
     if rc is None:
@@ -339,6 +343,7 @@ def main():
             prompt=dict(type="str", default="Reply with one short sentence."),
             timeout=dict(type="int", default=300),
             doctor_timeout=dict(type="int", default=30),
+            settings_max_bytes=dict(type="int", default=1048576),
             expect_reply=dict(type="str", default=""),
             run_claude=dict(type="bool", default=True),
         ),
