@@ -47,6 +47,8 @@ OPENSSL = shutil.which("openssl")
 TEMPLATE = Path(os.environ.get("GATEWAY_TEMPLATE") or REPO / "roles/gateway/templates/haproxy.cfg.j2")
 ROLE_CERTIFICATE = "/etc/haproxy/certs/fleet-gateway.pem"  # __gateway_certificate_file
 ROLE_CHROOT = "/var/lib/haproxy"  # __gateway_chroot (vars/Debian.yml)
+ROLE_TOKEN_MAP = "/etc/haproxy/fleet-users.map"  # __gateway_token_map
+USER_TOKEN_SECRET = "per-user-token-secret-of-this-test-0123456789"
 SERVED = "Qwen3.5-27B"  # inventory/default/group_vars/all.yml
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
 AS_ROOT = os.geteuid() == 0
@@ -73,6 +75,8 @@ CHECK_CASES = {
     "stats_loopback": {"gateway_stats_listen": "127.0.0.1:8404"},
     "stats_auth_tls": {"tls": True, "gateway_stats_listen": "*:8404", "gateway_stats_user": "fleet-ops",
                        "gateway_stats_password": STATS_PASSWORD},
+    # Per-user tokens: alice and bob are listed on the workstation, bob is revoked.
+    "per_user": {"llm_user_token_secret": USER_TOKEN_SECRET, "llm_revoked_users": ["bob"]},
     "custom": {"tls": True, "gateway_tls_min_version": "TLSv1.3", "gateway_require_content_length": False,
                "gateway_maxconn": 500, "gateway_max_request_body": 1048576,
                "gateway_allowed_requests": [{"method": "POST", "path": "/v1/messages"},
@@ -95,6 +99,10 @@ REFUSED_CASES = {
                  ["item 1 has method 'get', not an HTTP method in capitals", "Fix: write GET",
                   "item 2 has path '/v1/messages?beta=true'", "The query string is not part of the path",
                   "item 3 has path", "item 4 ({'path': '/health'}) must be a mapping with exactly the keys"]),
+    "per_user_short": ({"llm_user_token_secret": "too-short"},
+                       ["llm_user_token_secret is 9 characters long (the value is not shown)"]),
+    "per_user_nobody": ({"llm_user_token_secret": USER_TOKEN_SECRET, "llm_revoked_users": ["alice", "bob"]},
+                        ["no host of workstations (gateway_workstation_group) lists claude_code_users"]),
     "requests_empty": ({"gateway_allowed_requests": []}, ["gateway_allowed_requests ([]) must be a non-empty list"]),
     "ciphers": ({"gateway_tls_ciphers": ["ECDHE-RSA-AES128-GCM-SHA256 AES128-SHA"], "gateway_maxconn": 0},
                 ["gateway_tls_ciphers (", "gateway_maxconn (0) must be a whole number of at least 1"]),
@@ -142,6 +150,7 @@ def rendered(tmp_path_factory, material, ports):
         "gateways": {"hosts": {name: dict(local, **variables) for name, variables in cases.items()},
                      "vars": {"gateway_backend_group": "backends"}},
         "backends": {"hosts": {"backend-a": {"ansible_host": "127.0.0.1", "vllm_port": ports["backend"]}}},
+        "workstations": {"hosts": {"ws-a": {"claude_code_users": ["alice", {"name": "bob"}]}}},
     }}}
     (work / "inventory/group_vars").mkdir(parents=True)
     (work / "inventory/hosts.yml").write_text(yaml.safe_dump(inventory))
@@ -155,6 +164,9 @@ def rendered(tmp_path_factory, material, ports):
          "ansible.builtin.include_role": {"name": "gateway", "tasks_from": "validate.yml", "public": True}},
         {"name": "Render haproxy.cfg", "ansible.builtin.template": {
             "src": str(TEMPLATE), "dest": f"{out}/{{{{ inventory_hostname }}}}.cfg", "mode": "0600"}},
+        {"name": "Render the token map", "ansible.builtin.template": {
+            "src": str(REPO / "roles/gateway/templates/fleet-users.map.j2"),
+            "dest": f"{out}/{{{{ inventory_hostname }}}}.map", "mode": "0600"}},
         {"name": "Render the environment file", "ansible.builtin.template": {
             "src": str(REPO / "roles/gateway/templates/fleet-gateway.env.j2"),
             "dest": f"{out}/{{{{ inventory_hostname }}}}.env", "mode": "0600"}},
@@ -176,7 +188,7 @@ def rendered(tmp_path_factory, material, ports):
     for name in cases:
         if name not in results:
             env_file = (out / f"{name}.env").read_text()
-            results[name] = {"cfg": (out / f"{name}.cfg").read_text(),
+            results[name] = {"cfg": (out / f"{name}.cfg").read_text(), "map": (out / f"{name}.map").read_text(),
                              "env": dict(line.split("=", 1) for line in env_file.splitlines()
                                          if line and not line.startswith("#"))}
     for secret in (STATS_PASSWORD, "BEGIN PRIVATE KEY"):
@@ -191,6 +203,10 @@ def config_for(rendered: dict, name: str, material: dict, chroot: str | None = N
     if "ssl crt " in text:
         assert ROLE_CERTIFICATE in text
         text = text.replace(ROLE_CERTIFICATE, material["bundle"])
+    if ROLE_TOKEN_MAP in text:
+        token_map = Path(material["bundle"]).parent / f"{name}.map"
+        token_map.write_text(rendered[name]["map"])
+        text = text.replace(ROLE_TOKEN_MAP, str(token_map))
     if chroot is not None:  # (the hardening test and the chroot test check that the line is there)
         text = text.replace(f"    chroot {ROLE_CHROOT}\n", f"    chroot {chroot}\n")
     return text
@@ -264,6 +280,28 @@ def test_haproxy_accepts_the_rendered_config_and_it_is_hardened(name, rendered, 
         assert STATS_PASSWORD not in rendered[name]["cfg"]
         if case.get("gateway_stats_user"):
             assert rendered[name]["env"]["FLEET_GATEWAY_STATS_AUTH"] == f"fleet-ops:{STATS_PASSWORD}"
+
+
+def test_per_user_tokens_map_the_current_users_digests_and_swap_in_the_gateways_token(rendered):
+    import hashlib
+
+    from conftest import load_plugin
+
+    tokens = load_plugin("plugins/filter/fleet_tokens.py", "fleet_tokens_filters")
+    digest = {user: hashlib.sha256(tokens.fleet_user_token(USER_TOKEN_SECRET, user).encode()).hexdigest()
+              for user in ("alice", "bob")}
+    entries = [line.split() for line in rendered["per_user"]["map"].splitlines() if line and not line.startswith("#")]
+    assert entries == [[digest["alice"], "alice"]], "alice only: bob is revoked"
+    assert USER_TOKEN_SECRET not in rendered["per_user"]["map"] + rendered["per_user"]["cfg"]
+    front = sections(rendered["per_user"]["cfg"])["frontend claude_code"]
+    assert any(line.startswith("http-request set-var(txn.fleet_user) req.hdr(authorization)")
+               and line.endswith(f"sha2(256),hex,lower,map({ROLE_TOKEN_MAP})") for line in front)
+    assert any(line.startswith("http-request return status 401 ") and line.endswith(
+        "unless { var(txn.fleet_user) -m found }") for line in front)
+    assert 'http-request set-header Authorization "Bearer ${FLEET_GATEWAY_TOKEN}"' in front
+    assert any(line.startswith("log-format ") and "user=%[var(txn.fleet_user)]" in line for line in front)
+    assert rendered["per_user"]["env"]["FLEET_GATEWAY_TOKEN"] == "dummy"  # llm_api_token: only the gateways send it
+    assert "set-var(txn.fleet_user)" not in rendered["defaults"]["cfg"]
 
 
 def test_haproxy_refuses_the_auth_config_without_its_credentials(rendered, material, tmp_path):
