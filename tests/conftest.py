@@ -25,3 +25,11 @@ def load_plugin(relative_path: str, name: str):
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+def make_searchable(path: Path) -> None:
+    """Let other users reach files under `path` (pytest's base directory is 0700), as /home is searchable."""
+    for directory in [path, *path.parents]:
+        if directory == Path("/tmp"):
+            break
+        directory.chmod(0o711)

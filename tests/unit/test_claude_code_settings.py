@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import stat
-from pathlib import Path
 
 import pytest
 from ansible.module_utils import basic
 from ansible.module_utils.common.text.converters import to_bytes
 
-from conftest import load_plugin
+from conftest import load_plugin, make_searchable
 
 settings_module = load_plugin("plugins/modules/claude_code_settings.py", "claude_code_settings_module")
 
@@ -226,10 +225,7 @@ def user_home(tmp_path):
 
     The module works in it as 'nobody', so the directories above it must be searchable, as /home is.
     """
-    for directory in [tmp_path, *tmp_path.parents]:
-        if directory == Path("/tmp"):
-            break
-        directory.chmod(0o711)
+    make_searchable(tmp_path)
     home = tmp_path / "home"
     home.mkdir()
     os.chown(home, NOBODY, -1)

@@ -14,7 +14,7 @@ import pytest
 from ansible.module_utils import basic
 from ansible.module_utils.common.text.converters import to_bytes
 
-from conftest import REPO, load_plugin
+from conftest import REPO, load_plugin, make_searchable
 
 smoke = load_plugin("plugins/modules/claude_code_smoke.py", "claude_code_smoke_module")
 report_filters = load_plugin("plugins/filter/smoke_report.py", "smoke_report_filters")
@@ -162,14 +162,6 @@ def test_a_real_run_without_the_tools_fails_naming_the_fix(monkeypatch, tmp_path
     assert failed and "no-doctor" in result["msg"] and "Fix: run the claude_code role first" in result["msg"]
 
 
-def searchable(tmp_path):
-    """Let other users reach files under tmp_path (pytest's base directory is 0700)."""
-    for directory in [tmp_path, *tmp_path.parents]:
-        if str(directory) == "/tmp":
-            break
-        directory.chmod(0o711)
-
-
 def processes_with(marker):
     found = []
     for entry in os.listdir("/proc"):
@@ -195,7 +187,7 @@ def test_a_command_that_times_out_is_stopped_with_everything_it_started(tmp_path
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the module runs each test as its user: it needs root")
 def test_a_hanging_doctor_fails_that_user_only_and_the_others_are_still_reported(monkeypatch, tmp_path):
-    searchable(tmp_path)
+    make_searchable(tmp_path)
     doctor = tmp_path / "doctor"
     report = json.dumps({"ok": False, "findings": [{"id": "server.health", "severity": "error",
                                                    "problem": "stand-in"}], "effective": {}})
