@@ -6,7 +6,7 @@
 Uses the Molecule scenario `rollout` (two CPU vLLM servers with the tiny model, one HAProxy gateway, one
 workstation; created and converged here, destroyed at the end unless --keep):
 
-1. latency: the same small /v1/messages request sent from the workstation straight to a server and through
+1. latency: the same small /v1/messages request sent from the gateway host straight to a server and through
    the gateway, interleaved, n each (median, p95): what the gateway adds;
 2. restart to ready: `systemctl restart vllm-main` on one server until /v1/models lists the served name;
 3. rolling upgrade: `site.yml -e gpu_hosts_serial=1` with a changed unit setting (both servers
@@ -26,22 +26,30 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import REPO, describe, docker_exec, header, molecule  # noqa: E402
 
+sys.path.insert(0, str(REPO / "plugins" / "filter"))
+from fleet_tokens import fleet_user_token  # noqa: E402
+
 SCENARIO = "rollout"
 WORKSTATION = "fleet-rollout-ws"
 SERVERS = ["fleet-rollout-gpu-a", "fleet-rollout-gpu-b"]
 GATEWAY_URL = "http://fleet-rollout-gw:8000"
 SERVED = "Qwen3.5-27B"
-TOKEN = "rollout-fleet-token"  # molecule/rollout/host_vars: a test fleet's token, not a secret
+GATEWAY = "fleet-rollout-gw"
+# molecule/rollout/host_vars: a test fleet's tokens, not secrets. The servers take only the gateways' token
+# (llm_api_token); the gateway takes only users' tokens (per-user tokens: carol's, derived from the secret).
+SERVER_TOKEN = "rollout-fleet-token"
+USER_TOKEN_SECRET = "rollout-per-user-token-secret-0123456789abcdef"
+TOKEN = fleet_user_token(USER_TOKEN_SECRET, "carol")
 LOOP = (REPO / "molecule" / "rollout" / "files" / "request_loop.py").read_text()
 
 LATENCY_PROBE = r"""
 import json, sys, time, urllib.request
-targets, model, token, n = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+targets, model, n = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 body = json.dumps({"model": model, "max_tokens": 16,
                    "messages": [{"role": "user", "content": "Reply with one short sentence."}]}).encode()
 samples = {name: [] for name in targets}
 for round_number in range(n + 2):
-    for name, url in targets.items():
+    for name, (url, token) in targets.items():
         request = urllib.request.Request(url + "/v1/messages", data=body, method="POST", headers={
             "Content-Type": "application/json", "anthropic-version": "2023-06-01", "Authorization": "Bearer " + token})
         started = time.perf_counter()
@@ -77,7 +85,7 @@ def restart_to_ready(server: str) -> float:
     docker_exec(server, "systemctl", "restart", "vllm-main.service", timeout=900)
     probe = ("import json, urllib.request\n"
              "r = urllib.request.Request('http://127.0.0.1:8000/v1/models', headers={'Authorization': 'Bearer %s'})\n"
-             "print([m['id'] for m in json.load(urllib.request.urlopen(r, timeout=5))['data']])" % TOKEN)
+             "print([m['id'] for m in json.load(urllib.request.urlopen(r, timeout=5))['data']])" % SERVER_TOKEN)
     while time.monotonic() - started < 900:
         if SERVED in docker_exec(server, "python3", "-c", probe, check=False).stdout:
             return time.monotonic() - started
@@ -105,12 +113,13 @@ def main() -> int:
                 molecule(SCENARIO, action)
             print(f"set-up (create, prepare, converge with site.yml): {time.monotonic() - started:.0f} s")
 
-        targets = {"direct": f"http://{SERVERS[0]}:8000", "gateway": GATEWAY_URL}
-        result = docker_exec(WORKSTATION, "python3", "-c", LATENCY_PROBE, json.dumps(targets), SERVED, TOKEN,
+        # Both measured from the gateway's host: only the gateways may reach a server's port directly.
+        targets = {"direct": [f"http://{SERVERS[0]}:8000", SERVER_TOKEN], "gateway": [GATEWAY_URL, TOKEN]}
+        result = docker_exec(GATEWAY, "python3", "-c", LATENCY_PROBE, json.dumps(targets), SERVED,
                              str(args.samples), timeout=1800)
         samples = json.loads(result.stdout)
         direct, gateway = samples["direct"], samples["gateway"]
-        print("1. /v1/messages latency from the workstation (non-streamed, 16 tokens max, interleaved):")
+        print("1. /v1/messages latency from the gateway host (non-streamed, 16 tokens max, interleaved):")
         print(f"   direct to {SERVERS[0]}: {describe(direct)}")
         print(f"   through the gateway:     {describe(gateway)}")
         median = sorted(gateway)[len(gateway) // 2] - sorted(direct)[len(direct) // 2]

@@ -11,7 +11,8 @@ cached, so a second run costs seconds:
 - a virtual environment in ``.venv`` with the pinned tool chain from ``requirements/`` for the
   newest Python 3.11+ found on the machine (ansible-core 2.19 on 3.11, newer on 3.12+);
 - the collections Molecule needs, copied out of the ``ansible`` wheel on PyPI (no Galaxy);
-- for tests: a Docker engine (Debian's ``docker.io``, started in the background when none
+- for tests: Debian's ``haproxy``, ``openssl``, ``nftables`` and ``iproute2`` (the unit tests run the gateway's configuration and the servers' packet filter),
+  a Docker engine (Debian's ``docker.io``, started in the background when none
   answers) and the Debian 12 / 13 systemd base images, built with debootstrap because no
   image registry is reachable. Images are rebuilt only when their recipe changes.
 """
@@ -158,6 +159,20 @@ def apt_install(*packages: str) -> None:
         stdout=subprocess.DEVNULL)
 
 
+# Programs the unit tests run for real, and their Debian packages: the gateway's rendered haproxy.cfg is
+# checked and run by HAProxy, with a throwaway certificate from openssl (tests/unit/test_gateway_config.py);
+# the vLLM hosts' packet filter is checked by nft and enforced between network namespaces made with ip
+# (tests/unit/test_vllm_firewall.py).
+TEST_PROGRAMS = {"haproxy": "haproxy", "openssl": "openssl", "nft": "nftables", "ip": "iproute2"}
+
+
+def ensure_test_programs() -> None:
+    missing = [package for program, package in TEST_PROGRAMS.items()
+               if not shutil.which(program) and not Path("/usr/sbin", program).exists()]
+    if missing:
+        apt_install(*missing)
+
+
 def ensure_docker_engine() -> None:
     if quiet_ok(["docker", "info"]):
         return
@@ -232,6 +247,7 @@ def setup(for_tests: bool) -> None:
     ensure_venv()
     ensure_collections()
     if for_tests:
+        ensure_test_programs()
         ensure_docker_engine()
         ensure_base_images()
         sys.path.insert(0, str(REPO / "tools"))

@@ -612,4 +612,113 @@ class FilterModule:
             "whole_number_problem": whole_number_problem,
             "haproxy_word_problem": haproxy_word_problem,
             "gateway_server_problems": gateway_server_problems,
+            "gateway_allowed_requests_problems": gateway_allowed_requests_problems,
+            "gateway_stats_problems": gateway_stats_problems,
+            "tls_names_problem": tls_names_problem,
         }
+
+
+# What the gateway forwards (gateway_allowed_requests): each item becomes an exact `path -m str` and a
+# `method` ACL in haproxy.cfg, and is quoted inside the JSON answers HAProxy gives for everything else.
+HTTP_METHOD = re.compile(r"[A-Z]+")
+GATEWAY_PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
+
+
+def gateway_allowed_requests_problems(value, variable="gateway_allowed_requests"):
+    """A non-empty list of {method, path}: methods in capitals, paths absolute, exact, without query."""
+    example = "{method: POST, path: /v1/messages}"
+    if not isinstance(value, (list, tuple)) or not value:
+        return [f"{variable} ({_shorten(value)}) must be a non-empty list of items like {example}: the gateway "
+                f"forwards only these requests and answers every other one itself, so an empty list refuses "
+                f"every request of Claude Code. Fix: keep the role's default (POST /v1/messages, POST "
+                f"/v1/messages/count_tokens, GET /v1/models, GET /health) and add to it."]
+    problems = []
+    for position, item in enumerate(value, 1):
+        if not isinstance(item, dict) or set(item) != {"method", "path"}:
+            problems.append(f"{variable}: item {position} ({_shorten(item)}) must be a mapping with exactly the keys "
+                            f"method and path, e.g. {example}.")
+            continue
+        method, path = item["method"], item["path"]
+        if not isinstance(method, str) or not HTTP_METHOD.fullmatch(method):
+            upper = method.upper() if isinstance(method, str) and HTTP_METHOD.fullmatch(method.upper()) else "POST"
+            problems.append(f"{variable}: item {position} has method {_shorten(method)}, not an HTTP method in "
+                            f"capitals: HAProxy compares methods exactly (GET is not get), so the request would be "
+                            f"answered 405. Fix: write {upper}.")
+        if not isinstance(path, str) or not GATEWAY_PATH.fullmatch(path) or "//" in path \
+                or any(segment in (".", "..") for segment in path.split("/")):
+            query = isinstance(path, str) and "?" in path
+            problems.append(
+                f"{variable}: item {position} has path {_shorten(path)}, which must be an absolute path of letters, "
+                f"digits and - . _ ~ / (no '//', '.' or '..' segment, no space, quote, '%' or '#'): it is compared "
+                f"exactly with the request's path and written into haproxy.cfg, where such a character breaks the "
+                f"line ({_HAPROXY_BREAKS}). "
+                + ("The query string is not part of the path: any query is accepted. " if query else "")
+                + f"Fix: write it like /v1/messages.")
+    return problems
+
+
+def _loopback_listen(listen):
+    """True for an HAProxy bind address on loopback only: 127.x.y.z:port, [::1]:port, ::1:port, localhost:port."""
+    import ipaddress
+
+    host = listen
+    for prefix in ("ipv4@", "ipv6@"):
+        if host.startswith(prefix):
+            host = host[len(prefix):]
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif ":" in host:
+        host = host.rsplit(":", 1)[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+STATS_USER = re.compile(r"[A-Za-z0-9._-]{1,64}")
+STATS_PASSWORD = re.compile(r"[A-Za-z0-9._~+/=:@!,^*-]{12,256}")
+
+
+def gateway_stats_problems(listen, user="", password="", variable="gateway_stats_listen"):
+    """HAProxy's statistics page: on loopback, or behind basic authentication with usable credentials.
+
+    The credentials go into the root-only environment file (FLEET_GATEWAY_STATS_AUTH=user:password), read by
+    systemd, and from there into `stats auth`; the password is never shown.
+    """
+    if not listen:
+        return []
+    problems = []
+    user, password = user or "", password or ""
+    if bool(user) != bool(password):
+        problems.append("gateway_stats_user is set but gateway_stats_password is empty (or the other way round). "
+                        "Fix: set both (the password from ansible-vault), or neither for a loopback-only page.")
+    if not user and not password and isinstance(listen, str) and not _loopback_listen(listen):
+        problems.append(
+            f"{variable} ({_shorten(listen)}) is not a loopback address and gateway_stats_user and "
+            f"gateway_stats_password are empty: HAProxy's statistics page (every server's name, address, state and "
+            f"traffic) would be open to anyone who reaches that port. Fix: bind it to 127.0.0.1:8404 (reach it "
+            f"through ssh -L 8404:127.0.0.1:8404), or set both credentials (the password from ansible-vault).")
+    if user and (not isinstance(user, str) or not STATS_USER.fullmatch(user)):
+        problems.append(f"gateway_stats_user ({_shorten(user)}) must be 1-64 letters, digits and - . _ (no ':', "
+                        f"which separates it from the password in HAProxy's 'stats auth'). Fix: e.g. fleet-ops.")
+    if password and (not isinstance(password, str) or not STATS_PASSWORD.fullmatch(password)):
+        problems.append("gateway_stats_password (not shown) must be 12-256 letters, digits and - . _ ~ + / = : @ ! , "
+                        "^ * (it is written into a systemd environment file, which mangles quotes, backslashes and "
+                        "spaces, and HAProxy would then refuse every login). Fix: generate one, e.g. "
+                        "openssl rand -base64 24, and keep it in ansible-vault.")
+    return problems
+
+
+TLS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def tls_names_problem(value, variable, example="ECDHE-RSA-AES128-GCM-SHA256"):
+    """A non-empty list of OpenSSL cipher (or TLS 1.3 suite) names, joined with ':' into haproxy.cfg."""
+    if isinstance(value, (list, tuple)) and value and all(
+            isinstance(name, str) and TLS_NAME.fullmatch(name) for name in value):
+        return ""
+    return (f"{variable} ({_shorten(value)}) must be a non-empty list of OpenSSL names of letters, digits, - and _ "
+            f"(one name per item; they are joined with ':' into haproxy.cfg): {_HAPROXY_BREAKS}. Fix: keep the "
+            f"role's default, or list names like {example}.")

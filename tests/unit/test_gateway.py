@@ -228,3 +228,78 @@ def test_refused_command_and_missing_server_or_socket(gateway, tmp_path):
     assert no_socket.failed and "run the gateway role" in no_socket.result["msg"]
     tolerated = run(state="drain", socket=str(tmp_path / "none.sock"), missing_ok=True)
     assert not tolerated.failed and tolerated.result["status"] is None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The gateway's own refusals (validate.yml): what it forwards, its statistics page, its TLS names. The rendered
+# configuration itself is checked and run by the real HAProxy in test_gateway_config.py.
+
+filters = load_plugin("plugins/filter/claude_vllm.py", "claude_vllm_filters")
+
+DEFAULT_REQUESTS = [{"method": "POST", "path": "/v1/messages"}, {"method": "POST", "path": "/v1/messages/count_tokens"},
+                    {"method": "GET", "path": "/v1/models"}, {"method": "GET", "path": "/health"}]
+
+
+def test_the_default_allowed_requests_pass():
+    assert filters.gateway_allowed_requests_problems(DEFAULT_REQUESTS) == []
+    assert filters.gateway_allowed_requests_problems(DEFAULT_REQUESTS + [{"method": "HEAD", "path": "/v1/models"}]) == []
+
+
+@pytest.mark.parametrize("item,fragment", [
+    ({"method": "post", "path": "/v1/messages"}, "Fix: write POST"),
+    ({"method": "PO ST", "path": "/v1/messages"}, "not an HTTP method in capitals"),
+    ({"method": "POST", "path": "v1/messages"}, "must be an absolute path"),
+    ({"method": "POST", "path": "/v1/messages?beta=true"}, "The query string is not part of the path"),
+    ({"method": "POST", "path": "/v1//messages"}, "no '//'"),
+    ({"method": "GET", "path": "/v1/models/../metrics"}, "'..' segment"),
+    ({"method": "GET", "path": "/v1/models' if"}, "quote"),
+    ({"method": "GET", "path": "/v1/%6Dodels"}, "'%'"),
+    ({"method": "GET", "path": 7}, "must be an absolute path"),
+    ({"method": "GET"}, "exactly the keys method and path"),
+    ({"method": "GET", "path": "/health", "port": 1}, "exactly the keys method and path"),
+    ("GET /health", "exactly the keys method and path"),
+])
+def test_bad_allowed_requests_are_named(item, fragment):
+    problems = filters.gateway_allowed_requests_problems(DEFAULT_REQUESTS + [item])
+    assert len(problems) == 1 and "item 5" in problems[0] and fragment in problems[0], problems
+
+
+@pytest.mark.parametrize("value", [[], None, "POST /v1/messages", {}])
+def test_no_allowed_requests_is_refused(value):
+    problems = filters.gateway_allowed_requests_problems(value)
+    assert len(problems) == 1 and "must be a non-empty list" in problems[0]
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:8404", "127.0.0.2:8404", "[::1]:8404", "::1:8404", "localhost:8404",
+                                    "ipv4@127.0.0.1:8404", "ipv6@::1:8404"])
+def test_a_loopback_statistics_page_needs_no_credentials(listen):
+    assert filters.gateway_stats_problems(listen, "", "") == []
+
+
+@pytest.mark.parametrize("listen", ["*:8404", ":8404", "0.0.0.0:8404", "10.0.0.5:8404", "[::]:8404", "::8404",
+                                    "gw.example.com:8404", "127.0.0.1.example.com:8404"])
+def test_an_open_statistics_page_without_credentials_is_refused(listen):
+    problems = filters.gateway_stats_problems(listen, "", "")
+    assert len(problems) == 1 and "is not a loopback address" in problems[0], problems
+    assert filters.gateway_stats_problems(listen, "fleet-ops", "Abcdefgh-12345678") == []
+
+
+def test_statistics_credentials_are_checked_and_the_password_never_shown():
+    assert filters.gateway_stats_problems("", "ops", "") == []  # no page, nothing to check
+    half = filters.gateway_stats_problems("10.0.0.5:8404", "ops", "")
+    assert len(half) == 1 and "gateway_stats_user is set but gateway_stats_password is empty" in half[0]
+    half = filters.gateway_stats_problems("127.0.0.1:8404", "", "Abcdefgh-12345678")
+    assert len(half) == 1 and "or the other way round" in half[0]
+    user = filters.gateway_stats_problems("10.0.0.5:8404", "ops:admin", "Abcdefgh-12345678")
+    assert len(user) == 1 and "gateway_stats_user ('ops:admin')" in user[0]
+    for password in ("short-pw", 'has "quote" 1234', "back\\slash-12345", "dollar$HOME-12345"):
+        problems = filters.gateway_stats_problems("10.0.0.5:8404", "ops", password)
+        assert len(problems) == 1 and "gateway_stats_password (not shown)" in problems[0], (password, problems)
+        assert password not in problems[0]
+
+
+def test_tls_names_are_plain_openssl_names():
+    assert filters.tls_names_problem(["ECDHE-RSA-AES128-GCM-SHA256", "TLS_AES_128_GCM_SHA256"], "v") == ""
+    for bad in ([], "ECDHE-RSA-AES128-GCM-SHA256", ["ECDHE-RSA-AES128-GCM-SHA256:AES128-SHA"], ["!aNULL"],
+                ["AES 128"], [None]):
+        assert "must be a non-empty list of OpenSSL names" in filters.tls_names_problem(bad, "gateway_tls_ciphers")

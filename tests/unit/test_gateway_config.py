@@ -1,0 +1,634 @@
+"""The gateway's haproxy.cfg as Ansible renders it, checked and run by the real HAProxy (Debian's package).
+
+One ansible-playbook run renders roles/gateway/templates/haproxy.cfg.j2 and fleet-gateway.env.j2 for several
+stand-in gateway hosts, each with its own variables, after the role's own validate.yml (the role's defaults
+and vars, the project's filters, the template module): exactly what the role writes. A host that validate.yml
+refuses is reported with its messages instead. Then:
+
+- `haproxy -c` accepts each rendered configuration (TLS on and off, statistics page, a custom allowed list),
+  which carries the hardening (chroot, TLS profile, maxconn, body limit and timeout);
+- validate.yml refuses an open statistics page, a bad allowed list, bad credentials or cipher names;
+- a real HAProxy runs the rendered configuration on 127.0.0.1 in front of a tiny Python backend on another
+  loopback port: Claude Code's requests reach the backend, everything else is answered by HAProxy and never
+  reaches it, an over-size Content-Length gets 413, a chunked body 411, a stalled body 408; the runtime socket
+  and logging work inside the chroot; with TLS, TLS 1.1 and a TLS 1.2 cipher without forward secrecy are
+  refused, TLS 1.2 with ECDHE works, without a session ticket.
+
+What the live run changes in the rendered text, and only that: the certificate's path (a throwaway self-signed
+one made here with openssl) and, as root, the chroot directory (a fresh empty one holding only dev/log, as
+Debian's unit bind-mounts /dev/log into /var/lib/haproxy); not as root, the chroot/user/group lines go (they
+need root). GATEWAY_TEMPLATE=PATH renders another template instead (e.g. an older one, to see what it fails).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+HAPROXY = shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if os.access(p, os.X_OK)), None)
+OPENSSL = shutil.which("openssl")
+TEMPLATE = Path(os.environ.get("GATEWAY_TEMPLATE") or REPO / "roles/gateway/templates/haproxy.cfg.j2")
+ROLE_CERTIFICATE = "/etc/haproxy/certs/fleet-gateway.pem"  # __gateway_certificate_file
+ROLE_CHROOT = "/var/lib/haproxy"  # __gateway_chroot (vars/Debian.yml)
+ROLE_TOKEN_MAP = "/etc/haproxy/fleet-users.map"  # __gateway_token_map
+USER_TOKEN_SECRET = "per-user-token-secret-of-this-test-0123456789"
+SERVED = "Qwen3.5-27B"  # inventory/default/group_vars/all.yml
+DEFAULT_MAX_BODY = 32 * 1024 * 1024
+AS_ROOT = os.geteuid() == 0
+
+pytestmark = [
+    pytest.mark.skipif(not ANSIBLE_PLAYBOOK.exists(), reason="ansible-playbook not in this venv"),
+    pytest.mark.skipif(HAPROXY is None or OPENSSL is None,
+                       reason="haproxy or openssl missing (python3 tools/fleet.py setup --for-tests installs them)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+STATS_PASSWORD = "stats-Pass-0123456789"
+
+CHECK_CASES = {
+    "defaults": {},
+    "tls": {"tls": True},
+    "stats_loopback": {"gateway_stats_listen": "127.0.0.1:8404"},
+    "stats_auth_tls": {"tls": True, "gateway_stats_listen": "*:8404", "gateway_stats_user": "fleet-ops",
+                       "gateway_stats_password": STATS_PASSWORD},
+    # Per-user tokens: alice and bob are listed on the workstation, bob is revoked.
+    "per_user": {"llm_user_token_secret": USER_TOKEN_SECRET, "llm_revoked_users": ["bob"]},
+    "custom": {"tls": True, "gateway_tls_min_version": "TLSv1.3", "gateway_require_content_length": False,
+               "gateway_maxconn": 500, "gateway_max_request_body": 1048576,
+               "gateway_allowed_requests": [{"method": "POST", "path": "/v1/messages"},
+                                            {"method": "GET", "path": "/v1/models"},
+                                            {"method": "HEAD", "path": "/v1/models"},
+                                            {"method": "POST", "path": "/tokenize"}]},
+}
+REFUSED_CASES = {
+    "stats_open": ({"gateway_stats_listen": "0.0.0.0:8404"},
+                   ["gateway_stats_listen ('0.0.0.0:8404') is not a loopback address"]),
+    "stats_half": ({"gateway_stats_listen": "10.0.0.5:8404", "gateway_stats_user": "ops"},
+                   ["gateway_stats_user is set but gateway_stats_password is empty"]),
+    "stats_password": ({"gateway_stats_listen": "[::1]:8404", "gateway_stats_user": "ops",
+                        "gateway_stats_password": "short pass\""},
+                       ["gateway_stats_password (not shown) must be 12-256"]),
+    "requests": ({"gateway_allowed_requests": [{"method": "get", "path": "/v1/models"},
+                                               {"method": "POST", "path": "/v1/messages?beta=true"},
+                                               {"method": "POST", "path": "/v1/x' y"},
+                                               {"path": "/health"}]},
+                 ["item 1 has method 'get', not an HTTP method in capitals", "Fix: write GET",
+                  "item 2 has path '/v1/messages?beta=true'", "The query string is not part of the path",
+                  "item 3 has path", "item 4 ({'path': '/health'}) must be a mapping with exactly the keys"]),
+    "per_user_short": ({"llm_user_token_secret": "too-short"},
+                       ["llm_user_token_secret is 9 characters long (the value is not shown)"]),
+    "per_user_nobody": ({"llm_user_token_secret": USER_TOKEN_SECRET, "llm_revoked_users": ["alice", "bob"]},
+                        ["no host of workstations (gateway_workstation_group) lists claude_code_users"]),
+    "requests_empty": ({"gateway_allowed_requests": []}, ["gateway_allowed_requests ([]) must be a non-empty list"]),
+    "ciphers": ({"gateway_tls_ciphers": ["ECDHE-RSA-AES128-GCM-SHA256 AES128-SHA"], "gateway_maxconn": 0},
+                ["gateway_tls_ciphers (", "gateway_maxconn (0) must be a whole number of at least 1"]),
+}
+
+
+@pytest.fixture(scope="module")
+def material(tmp_path_factory):
+    """A throwaway self-signed RSA certificate for 127.0.0.1 (RSA, so that RSA key exchange could be offered)."""
+    directory = tmp_path_factory.mktemp("tls")
+    subprocess.run([OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-keyout", str(directory / "key.pem"), "-out", str(directory / "cert.pem")],
+                   check=True, capture_output=True, timeout=60)
+    certificate, key = (directory / "cert.pem").read_text(), (directory / "key.pem").read_text()
+    bundle = directory / "fleet-gateway.pem"  # what the role writes: certificate then key, root only
+    bundle.write_text(certificate.strip() + "\n" + key.strip() + "\n")
+    bundle.chmod(0o600)
+    return {"certificate": certificate, "key": key, "bundle": str(bundle)}
+
+
+@pytest.fixture(scope="module")
+def ports():
+    return {"backend": free_port(), "live": free_port(), "live_tls": free_port()}
+
+
+def host_variables(case: dict, material: dict) -> dict:
+    variables = {key: value for key, value in case.items() if key != "tls"}
+    if case.get("tls"):
+        variables.update(gateway_tls_certificate=material["certificate"], gateway_tls_private_key=material["key"])
+    return variables
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory, material, ports):
+    """{case: {"cfg": text, "env": {name: value}} or {"refused": [messages]}}, from one ansible-playbook run."""
+    work = tmp_path_factory.mktemp("render")
+    live = {"gateway_bind_address": "127.0.0.1", "gateway_timeout_http_request": "2s"}
+    cases = {name: host_variables(case, material) for name, case in CHECK_CASES.items()}
+    cases.update({name: case for name, (case, _) in REFUSED_CASES.items()})
+    cases["live"] = dict(live, gateway_port=ports["live"], gateway_admin_socket=str(work / "live.sock"))
+    cases["live_tls"] = dict(host_variables({"tls": True}, material), gateway_port=ports["live_tls"],
+                             gateway_admin_socket=str(work / "live_tls.sock"), **live)
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    inventory = {"all": {"children": {
+        "gateways": {"hosts": {name: dict(local, **variables) for name, variables in cases.items()},
+                     "vars": {"gateway_backend_group": "backends"}},
+        "backends": {"hosts": {"backend-a": {"ansible_host": "127.0.0.1", "vllm_port": ports["backend"]}}},
+        "workstations": {"hosts": {"ws-a": {"claude_code_users": ["alice", {"name": "bob"}]}}},
+    }}}
+    (work / "inventory/group_vars").mkdir(parents=True)
+    (work / "inventory/hosts.yml").write_text(yaml.safe_dump(inventory))
+    shutil.copy(REPO / "inventory/default/group_vars/all.yml", work / "inventory/group_vars/all.yml")
+    out = work / "out"
+    out.mkdir()
+    play = [{"name": "Render the gateway's templates", "hosts": "gateways", "gather_facts": False, "tasks": [
+        {"name": "Load the role's Debian variables (as its main.yml does)",
+         "ansible.builtin.include_vars": str(REPO / "roles/gateway/vars/Debian.yml")},
+        {"name": "Run the role's validate.yml (its defaults and vars stay for the templates)",
+         "ansible.builtin.include_role": {"name": "gateway", "tasks_from": "validate.yml", "public": True}},
+        {"name": "Render haproxy.cfg", "ansible.builtin.template": {
+            "src": str(TEMPLATE), "dest": f"{out}/{{{{ inventory_hostname }}}}.cfg", "mode": "0600"}},
+        {"name": "Render the token map", "ansible.builtin.template": {
+            "src": str(REPO / "roles/gateway/templates/fleet-users.map.j2"),
+            "dest": f"{out}/{{{{ inventory_hostname }}}}.map", "mode": "0600"}},
+        {"name": "Render the environment file", "ansible.builtin.template": {
+            "src": str(REPO / "roles/gateway/templates/fleet-gateway.env.j2"),
+            "dest": f"{out}/{{{{ inventory_hostname }}}}.env", "mode": "0600"}},
+    ]}]
+    (work / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+               ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_RETRY_FILES_ENABLED="False", ANSIBLE_FORKS="8")
+    result = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(work / "inventory/hosts.yml"), str(work / "play.yml")],
+                            cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert result.stdout.strip(), result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    results = {}
+    for task in report["plays"][0]["tasks"]:
+        for host, outcome in task["hosts"].items():
+            if outcome.get("failed"):
+                results[host] = {"refused": outcome.get("msg", [])[1:] if isinstance(outcome.get("msg"), list)
+                                 else [str(outcome.get("msg"))], "task": task["task"]["name"]}
+    for name in cases:
+        if name not in results:
+            env_file = (out / f"{name}.env").read_text()
+            results[name] = {"cfg": (out / f"{name}.cfg").read_text(), "map": (out / f"{name}.map").read_text(),
+                             "env": dict(line.split("=", 1) for line in env_file.splitlines()
+                                         if line and not line.startswith("#"))}
+    for secret in (STATS_PASSWORD, "BEGIN PRIVATE KEY"):
+        assert secret not in result.stdout + result.stderr  # the play's own output (template diffs are off)
+    return results
+
+
+def config_for(rendered: dict, name: str, material: dict, chroot: str | None = None) -> str:
+    """The rendered text with the certificate's path (and the chroot) moved to this test's own files."""
+    assert "cfg" in rendered[name], (name, rendered[name])
+    text = rendered[name]["cfg"]
+    if "ssl crt " in text:
+        assert ROLE_CERTIFICATE in text
+        text = text.replace(ROLE_CERTIFICATE, material["bundle"])
+    if ROLE_TOKEN_MAP in text:
+        token_map = Path(material["bundle"]).parent / f"{name}.map"
+        token_map.write_text(rendered[name]["map"])
+        text = text.replace(ROLE_TOKEN_MAP, str(token_map))
+    if chroot is not None:  # (the hardening test and the chroot test check that the line is there)
+        text = text.replace(f"    chroot {ROLE_CHROOT}\n", f"    chroot {chroot}\n")
+    return text
+
+
+def sections(text: str) -> dict[str, list[str]]:
+    """haproxy.cfg's sections ('global', 'frontend claude_code', ...) and their lines, comments left out."""
+    found, current = {}, None
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if not line.startswith((" ", "\t")):
+            current = line.strip()
+            found[current] = []
+        elif current:
+            found[current].append(line.strip())
+    return found
+
+
+def haproxy_check(path: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([HAPROXY, "-c", "-f", str(path)], env=dict(os.environ, **env), capture_output=True,
+                          text=True, timeout=60)
+
+
+# ------------------------------------------------------------------------------- haproxy -c and contents
+@pytest.mark.parametrize("name", list(CHECK_CASES))
+def test_haproxy_accepts_the_rendered_config_and_it_is_hardened(name, rendered, material, tmp_path):
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(config_for(rendered, name, material))
+    check = haproxy_check(config, rendered[name]["env"])
+    assert check.returncode == 0 and "[ALERT]" not in check.stdout + check.stderr, check.stdout + check.stderr
+    assert "[WARNING]" not in check.stdout + check.stderr, check.stdout + check.stderr
+
+    case = CHECK_CASES[name]
+    parts = sections(rendered[name]["cfg"])
+    maxconn = case.get("gateway_maxconn", 2000)
+    glob = parts["global"]
+    assert f"chroot {ROLE_CHROOT}" in glob and "user haproxy" in glob and "group haproxy" in glob
+    assert f"maxconn {maxconn + 100}" in glob
+    assert f"ssl-default-bind-options ssl-min-ver {case.get('gateway_tls_min_version', 'TLSv1.2')} no-tls-tickets" \
+        in glob
+    ciphers = next(line.split()[1] for line in glob if line.startswith("ssl-default-bind-ciphers "))
+    assert ciphers.split(":") and all(c.startswith("ECDHE-") and ("GCM" in c or "CHACHA20" in c)
+                                      for c in ciphers.split(":"))
+    front = parts["frontend claude_code"]
+    assert f"maxconn {maxconn}" in front
+    assert f"http-request wait-for-body time {'60s'}" in front
+    body = case.get("gateway_max_request_body", DEFAULT_MAX_BODY)
+    assert any(line.startswith("http-request return status 413 ") and line.endswith(
+        f"if {{ req.hdr_val(content-length) gt {body} }}") for line in front)
+    assert any(line.startswith("http-request return status 411 ") for line in front) \
+        == case.get("gateway_require_content_length", True)
+    # the forwarded paths, and nothing else, with their methods
+    requests = case.get("gateway_allowed_requests") or [
+        {"method": "POST", "path": "/v1/messages"}, {"method": "POST", "path": "/v1/messages/count_tokens"},
+        {"method": "GET", "path": "/v1/models"}, {"method": "GET", "path": "/health"}]
+    paths = list(dict.fromkeys(item["path"] for item in requests))
+    assert any(line.startswith("http-request return status 404 ") and line.endswith(
+        "unless { path -m str " + " ".join(paths) + " }") for line in front)
+    for path in paths:
+        methods = " ".join(dict.fromkeys(item["method"] for item in requests if item["path"] == path))
+        assert any(line.startswith("http-request return status 405 ") and line.endswith(
+            f"if {{ path -m str {path} }} !{{ method {methods} }}") for line in front), (path, methods)
+    rules = [line for line in front if line.startswith("http-request ")]
+    assert rules[-1].startswith("http-request wait-for-body")  # refusals first, from the headers alone
+    stats = parts.get("listen stats")
+    assert (stats is not None) == bool(case.get("gateway_stats_listen"))
+    if stats is not None:
+        assert ('stats auth "${FLEET_GATEWAY_STATS_AUTH}"' in stats) == bool(case.get("gateway_stats_user"))
+        assert any(line.startswith("bind ") and ("ssl crt" in line) == bool(case.get("tls")) for line in stats)
+        assert STATS_PASSWORD not in rendered[name]["cfg"]
+        if case.get("gateway_stats_user"):
+            assert rendered[name]["env"]["FLEET_GATEWAY_STATS_AUTH"] == f"fleet-ops:{STATS_PASSWORD}"
+
+
+def test_per_user_tokens_map_the_current_users_digests_and_swap_in_the_gateways_token(rendered):
+    import hashlib
+
+    from conftest import load_plugin
+
+    tokens = load_plugin("plugins/filter/fleet_tokens.py", "fleet_tokens_filters")
+    digest = {user: hashlib.sha256(tokens.fleet_user_token(USER_TOKEN_SECRET, user).encode()).hexdigest()
+              for user in ("alice", "bob")}
+    entries = [line.split() for line in rendered["per_user"]["map"].splitlines() if line and not line.startswith("#")]
+    assert entries == [[digest["alice"], "alice"]], "alice only: bob is revoked"
+    assert USER_TOKEN_SECRET not in rendered["per_user"]["map"] + rendered["per_user"]["cfg"]
+    front = sections(rendered["per_user"]["cfg"])["frontend claude_code"]
+    assert any(line.startswith("http-request set-var(txn.fleet_user) req.hdr(authorization)")
+               and line.endswith(f"sha2(256),hex,lower,map({ROLE_TOKEN_MAP})") for line in front)
+    assert any(line.startswith("http-request return status 401 ") and line.endswith(
+        "unless { var(txn.fleet_user) -m found }") for line in front)
+    assert 'http-request set-header Authorization "Bearer ${FLEET_GATEWAY_TOKEN}"' in front
+    assert any(line.startswith("log-format ") and "user=%[var(txn.fleet_user)]" in line for line in front)
+    assert rendered["per_user"]["env"]["FLEET_GATEWAY_TOKEN"] == "dummy"  # llm_api_token: only the gateways send it
+    assert "set-var(txn.fleet_user)" not in rendered["defaults"]["cfg"]
+
+
+def test_haproxy_refuses_the_auth_config_without_its_credentials(rendered, material, tmp_path):
+    """The credentials come only from the environment: without them HAProxy refuses to start (never an open page)."""
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(config_for(rendered, "stats_auth_tls", material))
+    check = haproxy_check(config, {"FLEET_GATEWAY_STATS_AUTH": ""})
+    assert check.returncode != 0 and "'auth' needs a user:password account" in check.stdout + check.stderr
+
+
+@pytest.mark.parametrize("name", list(REFUSED_CASES))
+def test_validate_refuses_bad_input_before_the_templates(name, rendered):
+    outcome = rendered[name]
+    assert "refused" in outcome and outcome["task"].endswith("Refuse bad input (nothing has been changed on this host)"), \
+        outcome
+    for fragment in REFUSED_CASES[name][1]:
+        assert any(fragment in problem for problem in outcome["refused"]), (fragment, outcome["refused"])
+    assert not any("short pass" in problem for problem in outcome["refused"])
+
+
+# --------------------------------------------------------------------------------------- the live gateway
+class Backend:
+    """A stand-in vLLM server on 127.0.0.1: records every request it gets, answers 200 with JSON."""
+
+    def __init__(self, port: int):
+        self.seen: list[tuple[str, str]] = []
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def answer(self):
+                backend.seen.append((self.command, self.path))
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                body = json.dumps({"object": "list", "data": [{"id": SERVED, "object": "model"}],
+                                   "backend": self.path}, separators=(",", ":")).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = answer
+
+            def log_message(self, *args):
+                pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                if not isinstance(sys.exc_info()[1], ConnectionError):  # HAProxy resets its health checks
+                    super().handle_error(request, client_address)
+
+        self.server = Server(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def reached(self, marker: str) -> list[tuple[str, str]]:
+        return [entry for entry in self.seen if marker in entry[1]]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class LogSink:
+    """A syslog datagram socket standing in for /dev/log inside the chroot (what Debian's unit bind-mounts)."""
+
+    def __init__(self, path: Path):
+        self.lines: list[str] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        path.chmod(0o666)
+        self.sock.settimeout(0.2)
+        self.stop = False
+        self.thread = threading.Thread(target=self.read, daemon=True)
+        self.thread.start()
+
+    def read(self):
+        while not self.stop:
+            try:
+                self.lines.append(self.sock.recv(65536).decode("utf-8", "replace"))
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+
+    def close(self):
+        self.stop = True
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+def start_haproxy(text: str, env: dict, directory: Path, port: int) -> subprocess.Popen:
+    config = directory / "haproxy.cfg"
+    config.write_text(text)
+    log = open(directory / "haproxy.log", "w")
+    process = subprocess.Popen([HAPROXY, "-db", "-f", str(config)], env=dict(os.environ, **env), stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail("haproxy exited: " + (directory / "haproxy.log").read_text()[-3000:])
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    pytest.fail("haproxy did not listen within 15 s: " + (directory / "haproxy.log").read_text()[-3000:])
+
+
+def stop(process: subprocess.Popen):
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def live_config(rendered: dict, name: str, material: dict, directory: Path) -> tuple[str, Path | None]:
+    """The rendered text; as root chrooted into a fresh directory with dev/log, else without chroot/user/group."""
+    if AS_ROOT:
+        chroot = directory / "chroot"
+        (chroot / "dev").mkdir(parents=True)
+        chroot.chmod(0o755)
+        (chroot / "dev").chmod(0o755)
+        return config_for(rendered, name, material, chroot=str(chroot)), chroot / "dev/log"
+    text = config_for(rendered, name, material)
+    text = re.sub(r"(?m)^    (chroot|user|group) .*\n", "", text)
+    return text, None
+
+
+@pytest.fixture(scope="module")
+def backend(ports):
+    server = Backend(ports["backend"])
+    yield server
+    server.close()
+
+
+def running(rendered, material, backend, tmp_path_factory, name, port):
+    directory = tmp_path_factory.mktemp(name)
+    text, log_socket = live_config(rendered, name, material, directory)
+    sink = LogSink(log_socket) if log_socket else None
+    process = start_haproxy(text, rendered[name]["env"], directory, port)
+    return process, sink, directory
+
+
+@pytest.fixture(scope="module")
+def gateway(rendered, material, backend, tmp_path_factory, ports):
+    process, sink, directory = running(rendered, material, backend, tmp_path_factory, "live", ports["live"])
+    yield {"port": ports["live"], "sink": sink, "directory": directory, "process": process}
+    stop(process)
+    if sink:
+        sink.close()
+
+
+@pytest.fixture(scope="module")
+def tls_gateway(rendered, material, backend, tmp_path_factory, ports):
+    process, sink, directory = running(rendered, material, backend, tmp_path_factory, "live_tls", ports["live_tls"])
+    yield {"port": ports["live_tls"]}
+    stop(process)
+    if sink:
+        sink.close()
+
+
+def request(port, method, path, body=None, headers=None, tls=False):
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # the throwaway self-signed certificate
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=15, context=context)
+    else:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    try:
+        connection.request(method, path, body=body, headers=dict({"Authorization": "Bearer dummy"}, **(headers or {})))
+        answer = connection.getresponse()
+        return answer.status, dict(answer.getheaders()), answer.read()
+    finally:
+        connection.close()
+
+
+def raw_exchange(port, data: bytes, wait: float = 10.0) -> tuple[bytes, float]:
+    """Send raw bytes (part of a request) and read HAProxy's answer without sending more; (answer, seconds)."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as connection:
+        connection.sendall(data)
+        received = b""
+        try:
+            while b"\r\n\r\n" not in received:
+                chunk = connection.recv(4096)
+                if not chunk:
+                    break
+                received += chunk
+        except socket.timeout:
+            pass
+    return received, time.monotonic() - started
+
+
+FORWARDED = [("POST", "/v1/messages?beta=true", b'{"model":"x","max_tokens":1,"messages":[]}'),
+             ("POST", "/v1/messages/count_tokens?beta=true", b'{"model":"x","messages":[]}'),
+             ("GET", "/v1/models", None),
+             ("GET", "/health", None)]
+
+
+@pytest.mark.parametrize("method,path,body", FORWARDED)
+def test_claude_code_requests_reach_the_backend(method, path, body, gateway, backend):
+    marker = f"probe=fwd-{method}-{path.split('?')[0].replace('/', '_')}"
+    target = path + ("&" if "?" in path else "?") + marker
+    status, _, answer = request(gateway["port"], method, target, body,
+                                {"Content-Type": "application/json"} if body else None)
+    assert status == 200 and json.loads(answer)["backend"] == target
+    assert backend.reached(marker) == [(method, target)]
+
+
+REFUSED = [
+    ("POST", "/invocations", b'{"messages":[{"role":"user","content":"Hi"}]}', 404),
+    ("GET", "/metrics", None, 404),
+    ("POST", "/v1/chat/completions", b'{"model":"x","messages":[]}', 404),
+    ("GET", "/v1/chat/completions", None, 404),
+    ("GET", "/", None, 404),
+    ("GET", "/v2/models", None, 404),
+    ("GET", "/v1/messages/", None, 404),
+    ("GET", "/V1/models", None, 404),
+    ("GET", "/v1/models/../../metrics", None, 404),
+    ("GET", "//v1/models", None, 404),
+    ("POST", "/tokenize", b"{}", 404),
+    ("POST", "/v1/%6Dessages", b"{}", 404),
+    ("GET", "/v1/messages", None, 405),
+    ("PUT", "/v1/messages", b"{}", 405),
+    ("POST", "/v1/models", b"{}", 405),
+    ("DELETE", "/v1/models", None, 405),
+    ("HEAD", "/health", None, 405),
+    ("OPTIONS", "/v1/messages", None, 405),
+]
+
+
+@pytest.mark.parametrize("method,path,body,expected", REFUSED)
+def test_other_requests_are_answered_by_haproxy_and_never_reach_the_backend(method, path, body, expected, gateway,
+                                                                            backend):
+    marker = f"probe=refused-{method}-{len(backend.seen)}-{abs(hash(path))}"
+    target = f"{path}?{marker}"
+    status, headers, answer = request(gateway["port"], method, target, body)
+    assert status == expected
+    assert backend.reached(marker) == []
+    if method != "HEAD":
+        error = json.loads(answer)
+        assert error["type"] == "error"
+        assert error["error"]["type"] == ("not_found_error" if expected == 404 else "invalid_request_error")
+    if expected == 405:
+        assert headers.get("allow") or headers.get("Allow")
+
+
+def test_an_over_size_content_length_gets_413_before_the_body_is_read(gateway, backend):
+    head = (f"POST /v1/messages?probe=oversize HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {DEFAULT_MAX_BODY + 1}\r\n\r\n").encode()
+    answer, seconds = raw_exchange(gateway["port"], head + b'{"model":')
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert seconds < 1.5  # from the headers, not after a body timeout
+    assert backend.reached("probe=oversize") == []
+    # exactly the limit is accepted
+    status, _, _ = request(gateway["port"], "POST", "/v1/messages?probe=atlimit", b"x" * 1024,
+                           {"Content-Type": "application/json"})
+    assert status == 200 and backend.reached("probe=atlimit")
+
+
+def test_a_chunked_body_gets_411(gateway, backend):
+    data = (b"POST /v1/messages?probe=chunked HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: application/json\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+    answer, _ = raw_exchange(gateway["port"], data)
+    assert answer.startswith(b"HTTP/1.1 411 "), answer[:200]
+    assert backend.reached("probe=chunked") == []
+
+
+def test_a_stalled_body_gets_408_and_never_reaches_the_backend(gateway, backend):
+    head = (b"POST /v1/messages?probe=slowbody HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n")
+    answer, seconds = raw_exchange(gateway["port"], head + b'{"model":"x"', wait=8)
+    assert answer.startswith(b"HTTP/1.1 408 "), (answer[:200], seconds)
+    assert 1.5 <= seconds < 6  # gateway_timeout_http_request is 2s in this configuration
+    assert backend.reached("probe=slowbody") == []
+
+
+def test_runtime_socket_and_logging_work_inside_the_chroot(gateway, rendered):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(10)
+        client.connect(rendered["live"]["cfg"].split("stats socket ", 1)[1].split()[0])
+        client.sendall(b"show servers state vllm\n")
+        state = b""
+        while chunk := client.recv(4096):
+            state += chunk
+    assert b"backend-a-main" in state
+    if not AS_ROOT:
+        pytest.skip("chroot needs root: only the runtime socket was checked")
+    chrooted = subprocess.run(["ls", "-l", f"/proc/{gateway['process'].pid}/root"], capture_output=True, text=True)
+    assert str(gateway["directory"] / "chroot") in chrooted.stdout
+    request(gateway["port"], "GET", "/metrics?probe=logged")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any("/metrics?probe=logged" in line for line in gateway["sink"].lines):
+        time.sleep(0.1)
+    assert any('"GET /metrics?probe=logged HTTP/1.1"' in line and " 404 " in line for line in gateway["sink"].lines), \
+        gateway["sink"].lines[-5:]
+
+
+def s_client(port, *options) -> str:
+    result = subprocess.run([OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", *options], input="",
+                            capture_output=True, text=True, timeout=30)
+    return result.stdout + result.stderr
+
+
+def test_tls_refuses_tls11_and_ciphers_without_forward_secrecy(tls_gateway, backend):
+    port = tls_gateway["port"]
+    old = s_client(port, "-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0")
+    if "no protocols available" in old:
+        pytest.skip("this openssl cannot offer TLS 1.1")
+    assert "alert protocol version" in old and "Cipher is (NONE)" in old, old[-1500:]
+    rsa = s_client(port, "-tls1_2", "-cipher", "AES128-SHA256")
+    assert "alert handshake failure" in rsa and "Cipher is (NONE)" in rsa, rsa[-1500:]
+    good = s_client(port, "-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256")
+    assert "Cipher is ECDHE-RSA-AES128-GCM-SHA256" in good, good[-1500:]
+    assert "TLS session ticket" not in good  # no-tls-tickets
+    status, _, _ = request(port, "GET", "/v1/models?probe=tls", tls=True)
+    assert status == 200 and backend.reached("probe=tls")
+    status, _, _ = request(port, "POST", "/invocations?probe=tlsinv", b"{}", tls=True)
+    assert status == 404 and not backend.reached("probe=tlsinv")
