@@ -25,6 +25,7 @@ description:
   - C(fleet_token_holders(hostvars, workstation_hosts, revoked)) the users listed in the workstations'
     C(claude_code_users), less the revoked ones, sorted.
   - C(fleet_token_digests(users, secret, epochs)) a list of {user, digest} (SHA-256 hex of each token).
+  - C(fleet_token_digest(token)) the SHA-256 hex of one token (what servers and gateways keep of it).
   - C(user_token_secret_problem(secret)) an error message, or an empty string for a usable secret.
 """
 
@@ -102,6 +103,7 @@ class FilterModule:
             "fleet_user_token": fleet_user_token,
             "fleet_token_holders": fleet_token_holders,
             "fleet_token_digests": fleet_token_digests,
+            "fleet_token_digest": token_digest,
             "user_token_secret_problem": user_token_secret_problem,
             "user_token_epochs_problem": user_token_epochs_problem,
         }
