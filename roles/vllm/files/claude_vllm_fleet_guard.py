@@ -68,7 +68,7 @@ class Policy:
         unknown = sorted(set(data) - {"format", "require_token", "requests", "tokens", "metrics_sources"})
         if unknown:
             raise PolicyError(f"{source}: unknown keys {', '.join(unknown)}")
-        if data.get("format") != POLICY_FORMAT:
+        if type(data.get("format")) is not int or data["format"] != POLICY_FORMAT:  # true == 1 in Python
             raise PolicyError(f"{source}: format must be {POLICY_FORMAT}, got {data.get('format')!r}")
         require_token = data.get("require_token")
         if not isinstance(require_token, bool):
@@ -76,7 +76,10 @@ class Policy:
         self.require_token = require_token
 
         self.routes = {}
-        for entry in data.get("requests") or []:
+        requests = data.get("requests") or []
+        if not isinstance(requests, list):
+            raise PolicyError(f"{source}: requests must be a list of {{method, path}}")
+        for entry in requests:
             if not isinstance(entry, dict) or set(entry) != {"method", "path"}:
                 raise PolicyError(f"{source}: each of requests must be {{method, path}}, got {entry!r}")
             method, path = entry["method"], entry["path"]
@@ -108,8 +111,11 @@ class Policy:
             raise PolicyError(f"{source}: require_token is true but no token is accepted (every request would get 401)")
         self.tokens = dict(tokens)
 
+        metrics_sources = data.get("metrics_sources") or []
+        if not isinstance(metrics_sources, list):
+            raise PolicyError(f"{source}: metrics_sources must be a list of IP addresses or networks")
         self.metrics_sources = []
-        for entry in list(LOOPBACK) + list(data.get("metrics_sources") or []):
+        for entry in list(LOOPBACK) + metrics_sources:
             try:
                 self.metrics_sources.append(ipaddress.ip_network(str(entry), strict=False))
             except ValueError:
@@ -150,7 +156,7 @@ def load_policy(path):
         os.close(fd)
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise PolicyError(f"the access policy {path} is not valid JSON ({exc}). Fix: re-run the vllm role") from None
     return Policy(data, source=path)
 
@@ -239,7 +245,8 @@ class AccessGuard:
 
         if path == METRICS_PATH:
             if method not in ("GET", "HEAD"):
-                await _answer(send, 405, "invalid_request_error", f"{method} is not allowed on {path}")
+                await _answer(send, 405, "invalid_request_error", f"{method} is not allowed on {path}",
+                              extra=[(b"allow", b"GET, HEAD")])
             elif policy.may_scrape(client):
                 await self.app(scope, receive, send)
             else:
