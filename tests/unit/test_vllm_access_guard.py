@@ -351,8 +351,7 @@ def test_the_guard_reads_the_policy_named_by_the_environment(monkeypatch, policy
 @pytest.mark.parametrize("headers", [
     bearer(ALICE_TOKEN),
     [(b"authorization", f"bearer  {ALICE_TOKEN} ".encode())],
-    [(b"x-api-key", ALICE_TOKEN.encode())],
-    [(b"x-api-key", ALICE_TOKEN.encode()), *bearer(ALICE_TOKEN)],
+    [(b"x-api-key", BOB_TOKEN.encode()), *bearer(ALICE_TOKEN)],
 ])
 def test_an_allowed_request_with_a_good_token_passes_and_is_logged_without_the_token(
         app, recording_inner_app, access_log, headers):
@@ -374,13 +373,15 @@ def test_each_user_is_logged_by_name(app, access_log):
     ([], "no token"),
     (bearer("sk-not-a-fleet-token"), "unknown token"),
     (bearer(ALICE_TOKEN + "x"), "unknown token"),
-    ([(b"x-api-key", b"sk-not-a-fleet-token")], "unknown token"),
-    ([*bearer(ALICE_TOKEN), (b"x-api-key", BOB_TOKEN.encode())], "malformed or conflicting credentials"),
+    # What Claude Code sends for ANTHROPIC_API_KEY: refused like vLLM's --api-key and the gateway do.
+    ([(b"x-api-key", ALICE_TOKEN.encode())],
+     "x-api-key instead of Authorization: Bearer (ANTHROPIC_API_KEY instead of ANTHROPIC_AUTH_TOKEN)"),
     ([*bearer(ALICE_TOKEN), *bearer(BOB_TOKEN)], "malformed or conflicting credentials"),
     ([(b"authorization", b"Basic " + ALICE_TOKEN.encode())], "malformed or conflicting credentials"),
     ([(b"authorization", ALICE_TOKEN.encode())], "malformed or conflicting credentials"),
     ([(b"authorization", b"Bearer ")], "malformed or conflicting credentials"),
-    ([(b"x-api-key", b"")], "malformed or conflicting credentials"),
+    ([(b"x-api-key", b"")],
+     "x-api-key instead of Authorization: Bearer (ANTHROPIC_API_KEY instead of ANTHROPIC_AUTH_TOKEN)"),
 ])
 def test_a_missing_or_unknown_token_is_401(app, recording_inner_app, access_log, headers, reason):
     response = request(app, "POST", "/v1/messages", headers, client="10.1.2.3")

@@ -7,7 +7,9 @@ unauthenticated, and /metrics, /tokenize, /pooling ... answer anyone. This guard
 route of the server and lets through only what the fleet's policy file allows:
 
 - the requests Claude Code makes (a method + path list), each with a token the policy accepts
-  (`Authorization: Bearer <token>` or `x-api-key: <token>`), compared by SHA-256 digest: the file
+  (`Authorization: Bearer <token>`, what Claude Code sends for ANTHROPIC_AUTH_TOKEN; an `x-api-key`
+  header, what it sends for ANTHROPIC_API_KEY, is not accepted, as with vLLM's own --api-key and the
+  gateway, so the field notes' symptom stays the same everywhere), compared by SHA-256 digest: the file
   holds no token;
 - /health to anyone who can connect (readiness probes and gateway health checks send no token);
 - /metrics only to the listed source addresses (loopback always);
@@ -170,23 +172,22 @@ def _stamp(path):
 
 
 def _credential(headers):
-    """The token a request carries: Authorization: Bearer <t> or x-api-key: <t>; ('', False) if none,
-    (None, True) if it carries several different ones or a malformed header."""
-    found = set()
+    """The token a request carries in Authorization: Bearer <t>: (token, problem). token is '' when there is
+    none; problem names a malformed or conflicting header, or an x-api-key header sent instead."""
+    found, api_key = set(), False
     for name, value in headers:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").strip().partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
-                return None, True
+                return None, "malformed or conflicting credentials"
             found.add(token.strip())
         elif name == b"x-api-key":
-            token = value.decode("latin-1").strip()
-            if not token:
-                return None, True
-            found.add(token)
+            api_key = True
     if len(found) > 1:
-        return None, True
-    return (found.pop() if found else ""), False
+        return None, "malformed or conflicting credentials"
+    if not found and api_key:
+        return "", "x-api-key instead of Authorization: Bearer (ANTHROPIC_API_KEY instead of ANTHROPIC_AUTH_TOKEN)"
+    return (found.pop() if found else ""), ""
 
 
 class AccessGuard:
@@ -266,13 +267,12 @@ class AccessGuard:
 
         user = "-"
         if path not in self._open_paths:
-            token, malformed = _credential(scope.get("headers") or [])
-            found = None if malformed else policy.user_of(token)
+            token, problem = _credential(scope.get("headers") or [])
+            found = None if problem else policy.user_of(token)
             if found:
                 user = found
             elif policy.require_token:
-                reason = ("malformed or conflicting credentials" if malformed
-                          else "unknown token" if token else "no token")
+                reason = problem or ("unknown token" if token else "no token")
                 log.warning("refused 401 %s %r from %s: %s", method, path, client, reason)
                 await _answer(send, 401, "authentication_error",
                               "invalid or missing token (send Authorization: Bearer <your token>)",
