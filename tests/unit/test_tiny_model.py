@@ -3,6 +3,12 @@
 torch and transformers are not part of the test tool chain's venv: these tests run the builder and
 plain transformers in a subprocess, with this interpreter when it has them, otherwise with the
 model-builder venv that `tools/fleet.py setup --for-tests` creates; with neither they skip.
+
+Each build or generation is a process of its own that mostly runs on one core (importing torch and
+transformers alone takes seconds), so the module starts the independent ones together (a second
+forced build with the first, the other-reply rebuild with the generation) and each test waits for
+the one it checks. The four temperature-1 draws per conversation are one batched generate call
+(num_return_sequences) instead of four: the same number of independent samples, in fewer steps.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -64,6 +71,7 @@ GENERATE = r"""
 import json, sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 model_dir, conversations, seeds = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+samples = int(sys.argv[4])
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
 model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
 results = []
@@ -72,13 +80,13 @@ for conversation in conversations:
                                          add_generation_prompt=True, tokenize=False)
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
     runs = []
-    for seed in seeds:  # None: greedy; a number: sampled at temperature 1 over the whole vocabulary
+    for seed in seeds:  # None: greedy; a number: `samples` draws at temperature 1 over the whole vocabulary
         kwargs = {"do_sample": False} if seed is None else {"do_sample": True, "temperature": 1.0,
-                                                            "top_k": 0, "top_p": 1.0}
+                                                            "top_k": 0, "top_p": 1.0, "num_return_sequences": samples}
         if seed is not None:
             torch.manual_seed(seed)
         out = model.generate(ids, max_new_tokens=40, pad_token_id=tokenizer.pad_token_id, **kwargs)
-        runs.append(out[0][ids.shape[1]:].tolist())
+        runs.extend(row[ids.shape[1]:].tolist() for row in out)  # a draw that stops early is padded: a mismatch
     results.append({"prompt": text, "prompt_tokens": ids.shape[1], "runs": runs})
 print(json.dumps({"eos": tokenizer.eos_token_id, "results": results,
                   "decoded": [tokenizer.decode(run) for item in results for run in item["runs"]]}))
@@ -86,12 +94,13 @@ print(json.dumps({"eos": tokenizer.eos_token_id, "results": results,
 
 
 def run_builder(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, str(BUILDER), *args], capture_output=True, text=True, check=check)
+    return subprocess.run([PYTHON, str(BUILDER), *args], capture_output=True, text=True, check=check, timeout=900)
 
 
-def generate(model_dir: Path, conversations: list[dict], seeds: list[int | None]) -> dict:
-    result = subprocess.run([PYTHON, "-c", GENERATE, str(model_dir), json.dumps(conversations), json.dumps(seeds)],
-                            capture_output=True, text=True, check=True)
+def generate(model_dir: Path, conversations: list[dict], seeds: list[int | None], samples: int = 1) -> dict:
+    """Each conversation greedy (seed None) and `samples` independent draws per seed, in one batch each."""
+    result = subprocess.run([PYTHON, "-c", GENERATE, str(model_dir), json.dumps(conversations), json.dumps(seeds),
+                             str(samples)], capture_output=True, text=True, check=True, timeout=900)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -99,18 +108,49 @@ def fixture(model_dir: Path) -> dict:
     return json.loads((model_dir / "fixture.json").read_text())
 
 
+def rebuild_with_other_reply(model_dir: Path, out: Path, reply: str) -> dict:
+    """Copy the model to out, rebuild it there in place with another reply, and generate with the result."""
+    shutil.copytree(model_dir, out)
+    first = fixture(out)["content_sha256"]
+    run_builder(str(out), "--reply", reply)
+    return {"first": first, "record": fixture(out), "output": generate(out, CONVERSATIONS[:2], [None, 7])}
+
+
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
+def background():
+    """Runs the module's independent slow steps side by side; waits for (and ends with) the module."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield pool
+
+
+@pytest.fixture(scope="module")
+def steps(tmp_path_factory, background) -> dict:
+    """The first build (through the command line), then the steps that only need it, already under way."""
+    again = tmp_path_factory.mktemp("again") / "again"
+    forced = background.submit(run_builder, str(again), "--force")  # overlaps the first build
     out = tmp_path_factory.mktemp("tiny") / "model"
     printed = run_builder(str(out)).stdout.strip().splitlines()[-1]
     assert Path(printed) == out
-    return out
+    other = tmp_path_factory.mktemp("other")
+    return {
+        "model_dir": out, "again": again, "forced": forced, "other_dir": other,
+        # every conversation, greedy and four draws at temperature 1
+        "generated": background.submit(generate, out, CONVERSATIONS, [None, 0], 4),
+        "other_reply": background.submit(rebuild_with_other_reply, out, other / "model", OTHER_REPLY),
+    }
 
 
 @pytest.fixture(scope="module")
-def generated(model_dir) -> dict:
-    """Every conversation, greedy and sampled at temperature 1 with four seeds."""
-    return generate(model_dir, CONVERSATIONS, [None, 0, 1, 2, 3])
+def model_dir(steps) -> Path:
+    return steps["model_dir"]
+
+
+@pytest.fixture(scope="module")
+def generated(steps) -> dict:
+    """Every conversation, greedy and four draws at temperature 1 (five runs each)."""
+    generated = steps["generated"].result()
+    assert all(len(item["runs"]) == 5 for item in generated["results"])
+    return generated
 
 
 def test_any_prompt_gets_the_fixed_reply_then_eos_greedy_and_sampled(model_dir, generated):
@@ -150,23 +190,20 @@ def test_second_build_is_cached(model_dir):
     assert result.stdout.split() == [str(model_dir), "False"]
 
 
-def test_build_is_deterministic(model_dir, tmp_path):
-    again = tmp_path / "again"
-    run_builder(str(again), "--force")
-    assert fixture(again)["content_sha256"] == fixture(model_dir)["content_sha256"]
+def test_build_is_deterministic(steps):
+    steps["forced"].result()  # a second build, in another process, from scratch (--force)
+    assert fixture(steps["again"])["content_sha256"] == fixture(steps["model_dir"])["content_sha256"]
 
 
-def test_other_reply_rebuilds_in_place(model_dir, tmp_path):
-    out = tmp_path / "model"
-    shutil.copytree(model_dir, out)
-    first = fixture(out)["content_sha256"]
-    reply = "Scripted answer, nothing else."
-    run_builder(str(out), "--reply", reply)
-    record = fixture(out)
-    assert record["reply"] == reply and record["content_sha256"] != first
-    assert not [path.name for path in tmp_path.iterdir() if path.name != "model"]  # no staging left over
-    output = generate(out, CONVERSATIONS[:2], [None, 7])
-    assert set(output["decoded"]) == {reply + "<|im_end|>"}
+OTHER_REPLY = "Scripted answer, nothing else."
+
+
+def test_other_reply_rebuilds_in_place(steps):
+    rebuilt = steps["other_reply"].result()
+    record = rebuilt["record"]
+    assert record["reply"] == OTHER_REPLY and record["content_sha256"] != rebuilt["first"]
+    assert not [path.name for path in steps["other_dir"].iterdir() if path.name != "model"]  # no staging left over
+    assert set(rebuilt["output"]["decoded"]) == {OTHER_REPLY + "<|im_end|>"}
 
 
 def test_reply_with_repeated_tokens_is_refused(tmp_path):
