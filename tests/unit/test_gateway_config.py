@@ -359,7 +359,7 @@ class Backend:
                     super().handle_error(request, client_address)
 
         self.server = Server(("127.0.0.1", port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     def reached(self, marker: str) -> list[tuple[str, str]]:
