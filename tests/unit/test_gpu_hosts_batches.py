@@ -22,7 +22,8 @@ PLAYBOOK = REPO / "playbooks" / "gpu_hosts.yml"
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 
 
-def run(tmp_path: Path, extra: dict, group_vars: dict | None = None) -> dict:
+def start(tmp_path: Path, extra: dict, group_vars: dict | None = None) -> subprocess.Popen:
+    """Start one run of the batching plays on the stand-ins (see finish)."""
     plays = yaml.safe_load(PLAYBOOK.read_text())
     check, batched = plays[0], dict(plays[1])
     batched.pop("roles")
@@ -42,19 +43,50 @@ def run(tmp_path: Path, extra: dict, group_vars: dict | None = None) -> dict:
     env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
                ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_RETRY_FILES_ENABLED="False")
-    result = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "play.yml"),
-                             "-e", json.dumps(extra)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.stdout.strip(), result.stderr[-3000:]
-    report = json.loads(result.stdout)
+    return subprocess.Popen([str(ANSIBLE_PLAYBOOK), "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "play.yml"),
+                             "-e", json.dumps(extra)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen) -> dict:
+    """Wait for a run: its exit status, the hosts of each batch that ran the roles' stand-in, the recap."""
+    try:
+        stdout, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+    assert stdout.strip(), stderr[-3000:]
+    report = json.loads(stdout)
     batches = [sorted(host for task in play["tasks"] if task["task"]["name"] == "record"
                       for host in task["hosts"]) for play in report["plays"][1:]]
-    return {"rc": result.returncode, "batches": [b for b in batches if b], "stats": report["stats"]}
+    return {"rc": process.returncode, "batches": [b for b in batches if b], "stats": report["stats"]}
+
+
+RUNS = {  # independent runs (each ansible-playbook mostly uses one core): the module starts them side by side
+    "serial_2": ({"gpu_hosts_serial": 2}, None),
+    "group_vars_5": ({}, {"gpu_hosts_serial": 5}),
+    "h1_fails": ({"gpu_hosts_serial": 2, "fail_hosts": ["h1"]}, None),
+    "h1_fails_allowed": ({"gpu_hosts_serial": 2, "fail_hosts": ["h1"], "gpu_hosts_max_fail_percentage": 60}, None),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    started = {name: start(tmp_path_factory.mktemp(name), extra, group_vars)
+               for name, (extra, group_vars) in RUNS.items()}
+    try:
+        return {name: finish(process) for name, process in started.items()}
+    finally:
+        for process in started.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 @pytest.mark.skipif(not ANSIBLE_PLAYBOOK.exists(), reason="ansible-playbook not in this venv")
-def test_unreachable_host_is_set_aside_and_the_rest_go_in_batches(tmp_path):
-    result = run(tmp_path, {"gpu_hosts_serial": 2})
+def test_unreachable_host_is_set_aside_and_the_rest_go_in_batches(runs):
+    result = runs["serial_2"]
     assert result["rc"] != 0  # the unreachable host shows in the exit status and the recap
     assert result["stats"]["h3"]["unreachable"] == 1
     # h3 is not in any batch; the others all ran, two at a time
@@ -63,16 +95,16 @@ def test_unreachable_host_is_set_aside_and_the_rest_go_in_batches(tmp_path):
 
 
 @pytest.mark.skipif(not ANSIBLE_PLAYBOOK.exists(), reason="ansible-playbook not in this venv")
-def test_serial_is_not_read_from_group_vars(tmp_path):
+def test_serial_is_not_read_from_group_vars(runs):
     # `serial` is templated without a host: the inventory's group_vars value (5) is not seen, the default is
-    result = run(tmp_path, {}, group_vars={"gpu_hosts_serial": 5})
+    result = runs["group_vars_5"]
     assert max(len(b) for b in result["batches"]) < 4
 
 
 @pytest.mark.skipif(not ANSIBLE_PLAYBOOK.exists(), reason="ansible-playbook not in this venv")
-def test_a_failed_host_stops_later_batches_unless_allowed(tmp_path):
-    stopped = run(tmp_path, {"gpu_hosts_serial": 2, "fail_hosts": ["h1"]})
+def test_a_failed_host_stops_later_batches_unless_allowed(runs):
+    stopped = runs["h1_fails"]
     assert stopped["batches"] == [["h1", "h2"]]
     assert "h5" not in stopped["stats"] or stopped["stats"]["h5"]["ok"] <= 1
-    allowed = run(tmp_path, {"gpu_hosts_serial": 2, "fail_hosts": ["h1"], "gpu_hosts_max_fail_percentage": 60})
+    allowed = runs["h1_fails_allowed"]
     assert ["h1", "h2"] in allowed["batches"] and any("h5" in b for b in allowed["batches"])
