@@ -94,6 +94,12 @@ def finish_role(process: subprocess.Popen, cases: dict) -> dict:
             "output": stdout + stderr}
 
 
+def run_role(tmp_path: Path, role: str, group: str, cases: dict, extra_groups: dict | None = None,
+             play_vars: dict | None = None) -> dict:
+    """One run, waited for (test_vllm_firewall's refusals use it too)."""
+    return finish_role(start_role(tmp_path, role, group, cases, extra_groups, play_vars), cases)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     """Every role's run, side by side; the claude_code user's files are looked at before and after them."""
