@@ -4,11 +4,6 @@ Each case is a stand-in host with the local connection and its own bad variable,
 them all. The runs use --check and the role's real tasks (argument specs, OS variables, validate.yml); each
 host must fail at the role's "Refuse bad input" task with one message naming the variable, having run
 nothing after it, with no change reported and no file written.
-
-The three runs are independent (one playbook cannot hold them: ansible-playbook stops at the first play whose
-hosts all failed), so they run side by side, and they gather only the distribution facts: that is all the
-roles read before they validate (os_family, distribution, distribution_major_version); a role that read
-another fact there would fail here on an undefined variable instead of refusing.
 """
 
 from __future__ import annotations
@@ -47,12 +42,9 @@ def _snapshot(path: Path):
     return (status.st_ino, status.st_mtime_ns, status.st_size)
 
 
-ROLE_PLAYS = []  # (role, group, cases, extra groups, play vars), filled below, one per role
-
-
-def start_role(tmp_path: Path, role: str, group: str, cases: dict, extra_groups: dict | None = None,
-               play_vars: dict | None = None) -> subprocess.Popen:
-    """Start `role` on one local stand-in host per case (host variables = the case's bad input), in --check."""
+def run_role(tmp_path: Path, role: str, group: str, cases: dict, extra_groups: dict | None = None,
+             play_vars: dict | None = None) -> dict:
+    """Run `role` on one local stand-in host per case (host variables = the case's bad input), in --check."""
     local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
     inventory = {"all": {"children": {group: {"hosts": {name: dict(local, **variables)
                                                         for name, variables in cases.items()}}}}}
@@ -62,25 +54,15 @@ def start_role(tmp_path: Path, role: str, group: str, cases: dict, extra_groups:
     (inventory_dir / "hosts.yml").write_text(yaml.safe_dump(inventory))
     shutil.copy(REPO / "inventory/default/group_vars/all.yml", inventory_dir / "group_vars/all.yml")
     play = [{"name": f"Refusals of {role}", "hosts": group, "become": False, "gather_facts": True,
-             "gather_subset": ["!all", "!min", "distribution"], "vars": play_vars or {}, "roles": [{"role": role}]}]
+             "vars": play_vars or {}, "roles": [{"role": role}]}]
     (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
                ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_RETRY_FILES_ENABLED="False", ANSIBLE_FORKS="8")
-    return subprocess.Popen([str(ANSIBLE_PLAYBOOK), "-i", str(inventory_dir / "hosts.yml"), str(tmp_path / "play.yml"),
-                             "--check"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-
-
-def finish_role(process: subprocess.Popen, cases: dict) -> dict:
-    """Wait for a run start_role began; what each host ran and the messages it was refused with."""
-    try:
-        stdout, stderr = process.communicate(timeout=600)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise
-    assert stdout.strip(), stderr[-3000:]
-    report = json.loads(stdout)
+    result = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(inventory_dir / "hosts.yml"), str(tmp_path / "play.yml"),
+                             "--check"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.stdout.strip(), result.stderr[-3000:]
+    report = json.loads(result.stdout)
     tasks_run = {host: [] for host in cases}
     refusals = {}
     for task in report["plays"][0]["tasks"]:
@@ -90,32 +72,8 @@ def finish_role(process: subprocess.Popen, cases: dict) -> dict:
             tasks_run[host].append(task["task"]["name"])
             if task["task"]["name"].endswith(REFUSE_TASK) and outcome.get("failed"):
                 refusals[host] = outcome["msg"][1:]
-    return {"rc": process.returncode, "stats": report["stats"], "tasks": tasks_run, "refusals": refusals,
-            "output": stdout + stderr}
-
-
-def run_role(tmp_path: Path, role: str, group: str, cases: dict, extra_groups: dict | None = None,
-             play_vars: dict | None = None) -> dict:
-    """One run, waited for (test_vllm_firewall's refusals use it too)."""
-    return finish_role(start_role(tmp_path, role, group, cases, extra_groups, play_vars), cases)
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict:
-    """Every role's run, side by side; the claude_code user's files are looked at before and after them."""
-    watched = (Path(pwd.getpwnam(ME).pw_dir) / ".claude" / "settings.json", Path("/bin/.claude"))
-    before = [_snapshot(path) for path in watched]
-    started = {role: (start_role(tmp_path_factory.mktemp(role), role, group, cases, extra_groups, play_vars), cases)
-               for role, group, cases, extra_groups, play_vars in ROLE_PLAYS}
-    try:
-        outcome = {role: finish_role(process, cases) for role, (process, cases) in started.items()}
-    finally:
-        for process, _ in started.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    outcome["files"] = {"before": before, "after": [_snapshot(path) for path in watched]}
-    return outcome
+    return {"rc": result.returncode, "stats": report["stats"], "tasks": tasks_run, "refusals": refusals,
+            "output": result.stdout + result.stderr}
 
 
 def assert_refused(run: dict, cases: dict, expected: dict, exactly_one: bool = True):
@@ -161,10 +119,12 @@ CLAUDE_CODE_EXPECTED = {
 
 @pytest.mark.skipif(not Path("/bin").is_dir() or "bin" not in {p.pw_name for p in pwd.getpwall()},
                     reason="no 'bin' account here")
-def test_claude_code_refuses_each_bad_input_before_any_change(runs):
-    run = runs["claude_code"]
+def test_claude_code_refuses_each_bad_input_before_any_change(tmp_path):
+    settings = Path(pwd.getpwnam(ME).pw_dir) / ".claude" / "settings.json"
+    before = (_snapshot(settings), _snapshot(Path("/bin/.claude")))
+    run = run_role(tmp_path, "claude_code", "workstations", CLAUDE_CODE_CASES)
     assert_refused(run, CLAUDE_CODE_CASES, CLAUDE_CODE_EXPECTED, exactly_one=_my_account_is_accepted())
-    assert runs["files"]["after"] == runs["files"]["before"]  # no file written
+    assert (_snapshot(settings), _snapshot(Path("/bin/.claude"))) == before  # no file written
     for secret in ("fleetuser", "s3cr3t", "ghp_notshown"):
         assert secret not in run["output"]
 
@@ -184,8 +144,10 @@ GATEWAY_EXPECTED = {
 }
 
 
-def test_gateway_refuses_each_bad_input_before_haproxy_is_installed(runs):
-    assert_refused(runs["gateway"], GATEWAY_CASES, GATEWAY_EXPECTED)
+def test_gateway_refuses_each_bad_input_before_haproxy_is_installed(tmp_path):
+    run = run_role(tmp_path, "gateway", "gateways", GATEWAY_CASES, GATEWAY_BACKENDS,
+                   {"gateway_backend_group": "backends"})
+    assert_refused(run, GATEWAY_CASES, GATEWAY_EXPECTED)
 
 
 VLLM_CASES = {
@@ -200,12 +162,6 @@ VLLM_EXPECTED = {
 }
 
 
-def test_vllm_refuses_each_bad_input_before_any_change(runs):
-    assert_refused(runs["vllm"], VLLM_CASES, VLLM_EXPECTED)
-
-
-ROLE_PLAYS.extend([
-    ("claude_code", "workstations", CLAUDE_CODE_CASES, None, None),
-    ("gateway", "gateways", GATEWAY_CASES, GATEWAY_BACKENDS, {"gateway_backend_group": "backends"}),
-    ("vllm", "gpu_hosts", VLLM_CASES, None, {"vllm_device": "cpu"}),
-])
+def test_vllm_refuses_each_bad_input_before_any_change(tmp_path):
+    run = run_role(tmp_path, "vllm", "gpu_hosts", VLLM_CASES, play_vars={"vllm_device": "cpu"})
+    assert_refused(run, VLLM_CASES, VLLM_EXPECTED)
