@@ -380,7 +380,7 @@ def test_the_ruleset_lets_in_only_loopback_and_the_allowed_sources(namespaces, t
 def test_the_roles_lookup_script_resolves_names_with_getent():
     if not shutil.which("getent"):
         pytest.skip("no getent here")
-    script = yaml.safe_load((REPO / "roles/vllm/vars/main.yml").read_text())["__vllm_firewall_lookup_script"]
+    script = yaml.safe_load((REPO / "roles/vllm/vars/main.yml").read_text())["__vllm_lookup_script"]
     result = subprocess.run(["sh", "-c", script, "vllm-firewall-lookup", "localhost", "no-such-host.invalid"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
