@@ -1,0 +1,112 @@
+"""The role's readiness wait (roles/vllm/tasks/ready.yml, run by the real ansible-playbook) asks the server on
+the address it listens on.
+
+The trap: with vllm_host set to an interface address the server does not answer on loopback, and a wait
+on http://127.0.0.1:<port> runs out the whole vllm_ready_timeout (30 minutes by default). Here a stand-in
+server listens only on 127.0.0.2 (a loopback address that 127.0.0.1 does not reach, as a host's own interface
+address would not); the wait must find it within seconds. A wildcard vllm_host is still asked on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+SERVED = "Qwen3.5-27B"
+TOKEN = "ready-address-token"
+pytestmark = pytest.mark.skipif(not ANSIBLE_PLAYBOOK.exists(), reason="ansible-playbook not in this venv")
+
+
+class StandIn(BaseHTTPRequestHandler):
+    """/health and /v1/models as vLLM answers them, with the token enforced."""
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        if self.path == "/health":
+            self._answer(200, b"")
+        elif self.path == "/v1/models" and self.headers.get("Authorization") == f"Bearer {TOKEN}":
+            self._answer(200, json.dumps({"data": [{"id": SERVED, "max_model_len": 32768}]}).encode())
+        else:
+            self._answer(401 if self.path == "/v1/models" else 404, b"")
+
+    def _answer(self, status, body):
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args):
+        pass
+
+
+class IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+def _serve(address: str):
+    server_class = IPv6Server if ":" in address else ThreadingHTTPServer
+    httpd = server_class((address, 0), StandIn)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return httpd
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def test_the_wait_asks_the_address_the_server_listens_on(tmp_path):
+    # case: (vllm_host, the only address the stand-in listens on)
+    cases = {"interface_address": ("127.0.0.2", "127.0.0.2"), "wildcard": ("0.0.0.0", "127.0.0.1")}
+    if _ipv6_loopback():
+        cases["ipv6_address"] = ("::1", "::1")
+    servers = {name: _serve(listen) for name, (_host, listen) in cases.items()}
+    try:
+        local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+        hosts = {name: dict(local, vllm_host=host, served_model_name=SERVED, llm_api_token=TOKEN,
+                            vllm_ready_timeout=8, standin_port=servers[name].server_address[1])
+                 for name, (host, _listen) in cases.items()}
+        (tmp_path / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": {"gpu_hosts": {"hosts": hosts}}}}))
+        play = [{"name": "The role's readiness wait", "hosts": "gpu_hosts", "gather_facts": False, "tasks": [
+            # One instance on the stand-in's port, no unit (systemd is not asked here); set_fact outranks
+            # the role's own vars/main.yml.
+            {"name": "One instance on the stand-in's port", "ansible.builtin.set_fact": {
+                "__vllm_instance_list": [{"name": "main", "port": "{{ standin_port }}", "unit": ""}]}},
+            {"name": "Run the role's ready.yml",
+             "ansible.builtin.include_role": {"name": "vllm", "tasks_from": "ready.yml"}}]}]
+        (tmp_path / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
+        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+                   ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"), ANSIBLE_NOCOLOR="1",
+                   ANSIBLE_ROLES_PATH=str(REPO / "roles"), ANSIBLE_RETRY_FILES_ENABLED="False", ANSIBLE_FORKS="8")
+        result = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "play.yml")],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        for httpd in servers.values():
+            httpd.shutdown()
+    assert result.stdout.strip(), result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    outcomes = {}
+    for task in report["plays"][0]["tasks"]:
+        if task["task"]["name"].endswith("Wait until each instance answers and serves exactly served_model_name"):
+            for host, outcome in task["hosts"].items():
+                outcomes[host] = outcome["results"][0] if "results" in outcome else outcome
+    assert set(outcomes) == set(cases), result.stdout[-3000:]
+    for name, outcome in outcomes.items():
+        assert not outcome.get("failed"), (name, outcome.get("msg"))
+        assert outcome["served"] == [SERVED] and outcome["waited"] < 5, (name, outcome)
+    assert report["stats"]["interface_address"]["failures"] == 0
