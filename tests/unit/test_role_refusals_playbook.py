@@ -154,11 +154,13 @@ VLLM_CASES = {
     "huge_len": {"vllm_max_model_len": 1e12},
     "bool_len": {"vllm_max_model_len": True},
     "quote_name": {"served_model_name": "Qwen$HOME"},
+    "no_install_kept": {"vllm_installs_kept": 0},
 }
 VLLM_EXPECTED = {
     "huge_len": ["vllm_max_model_len (1000000000000.0) is not a whole number"],
     "bool_len": ["vllm_max_model_len (True) is not a whole number"],
     "quote_name": ["served_model_name ('Qwen$HOME') contains characters a served id cannot carry ('$')"],
+    "no_install_kept": ["vllm_installs_kept (0) must be 1 or more"],
 }
 
 
