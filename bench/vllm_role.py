@@ -56,6 +56,7 @@ TOKEN = str(yaml.safe_load((REPO / "inventory" / "default" / "group_vars" / "all
 STAGE_TASK = "Install | Stage the pinned vLLM in its own directory"
 READY_TASK = "Ready | Wait until each instance"
 ROLLBACK_READY_TASK = "Rollback | Wait until each is ready"
+RESTART_HANDLER = "Restart the vLLM instances"
 READY_PROBE = (
     "import json, sys, urllib.request\n"
     "request = urllib.request.Request('http://127.0.0.1:8000/v1/models',\n"
@@ -103,13 +104,35 @@ def task_seconds(output: str, name_part: str) -> float | None:
     return None
 
 
+TIME_LINE = re.compile(r"\(\d+:\d\d:\d\d\.\d+\)\s+(\d+):(\d\d):(\d\d\.\d+) \*+\s*$")
+
+
 def playbook_seconds(output: str) -> float | None:
     """The playbook's elapsed time on profile_tasks' last time line (the recap: the run's end)."""
-    found = re.findall(r"\(\d+:\d\d:\d\d\.\d+\)\s+(\d+):(\d\d):(\d\d\.\d+) \*+\s*$", output, re.MULTILINE)
+    found = [match.groups() for match in map(TIME_LINE.search, output.splitlines()) if match]
     if not found:
         return None
     hours, minutes, seconds = found[-1]
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def elapsed_at(output: str, name_part: str) -> float | None:
+    """The playbook's elapsed time when the first task or handler whose name contains name_part started."""
+    lines = output.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith(("TASK [", "RUNNING HANDLER [")) and name_part in line:
+            for line_after in lines[index + 1:index + 3]:
+                match = TIME_LINE.search(line_after)
+                if match:
+                    hours, minutes, seconds = match.groups()
+                    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    return None
+
+
+def since(output: str, name_part: str) -> float | None:
+    """Seconds from the start of that task or handler to the end of the run."""
+    start, end = elapsed_at(output, name_part), playbook_seconds(output)
+    return None if start is None or end is None else end - start
 
 
 def task_results(output: str, name_part: str) -> list[str]:
@@ -137,6 +160,22 @@ def failure_lines(output: str, limit: int = 40, follow: int = 12) -> list[str]:
                 picked.append(line_after.rstrip()[:300])
     tail = [line for line in lines if re.match(r"^\S+\s+: ok=", line)]
     return (picked + tail)[-limit:]
+
+
+def failure_summary(output: str) -> list[str]:
+    """What a reader needs of a failed run: each [ERROR] line (shortened), vLLM's own error lines, the recap."""
+    lines, seen = [], set()
+    for line in output.splitlines():
+        if line.startswith("[ERROR]:"):
+            lines.append(line[:400] + (" [...]" if len(line) > 400 else ""))
+        # argparse's "prog: error: ...", also inside a message's escaped text ("...\napi_server.py: error: ...").
+        for error in re.findall(r"(?:^|\s|\\n)([A-Za-z_][\w.]*: error: [^\\\n]+)", line):
+            if error not in seen:
+                seen.add(error)
+                lines.append("vLLM: " + error.strip())
+        if re.match(r"^\S+\s+: ok=", line):
+            lines.append(line.strip())
+    return lines
 
 
 def in_container(*command: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -266,8 +305,9 @@ def main() -> int:
         figure(f"   of which pip install of {OTHER_PIN}, staged (old server serving)",
                task_seconds(output, STAGE_TASK))
         figure("   of which waiting for ready after the restart", task_seconds(output, READY_TASK))
-        notes.append(f"3. stage task: {task_results(output, STAGE_TASK)}; installs before {before}, after {installs()}; "
-                     f"unit python {first_python} -> {other_python}")
+        figure("   from the restart to the end of the run", since(output, RESTART_HANDLER))
+        notes.append(f"3. stage task: {task_results(output, STAGE_TASK)}; installs before {before}, "
+                     f"after {installs()}; unit python {first_python} -> {other_python}")
         if other_python == first_python or f"-{OTHER_PIN}-" not in other_python:
             problems.append(f"3. the unit did not switch to the {OTHER_PIN} install: {other_python}")
 
@@ -281,6 +321,7 @@ def main() -> int:
         figure("   ansible-playbook's own time", playbook_seconds(output))
         figure("   of which the stage task (no pip run)", task_seconds(output, STAGE_TASK))
         figure("   of which waiting for ready after the restart", task_seconds(output, READY_TASK))
+        figure("   from the restart to the end of the run", since(output, RESTART_HANDLER))
         notes.append(f"4. stage task: {stage}; installs before {before}, after {after} (same names and "
                      f"install.json mtimes: no pip run); unit python {other_python} -> {back_python}")
         if not stage or any(not line.startswith("ok:") for line in stage):
@@ -296,6 +337,7 @@ def main() -> int:
                                     check=False)
         figure("5. rollback: start of the run -> its failure", wall)
         figure("   ansible-playbook's own time", playbook_seconds(output))
+        figure("   from the new unit's restart to the failure", since(output, RESTART_HANDLER))
         figure("   of which the failing start (ready check until it gave up)", task_seconds(output, READY_TASK))
         figure("   of which the previous unit's restart to ready", task_seconds(output, ROLLBACK_READY_TASK))
         # Only what ansible printed for failed results: the -e values are not in it.
@@ -311,7 +353,7 @@ def main() -> int:
                      f"/v1/models lists {SERVED}: {serving}, python {unit_python()}, "
                      f"{BAD_FLAG} in ExecStart: {BAD_FLAG in exec_start}")
         notes.append("5. the run's failure, as ansible printed it:")
-        notes += ["     " + line for line in failure_lines(output)]
+        notes += ["     " + line for line in failure_summary(output)]
         if rc == 0:
             problems.append("5. the run did not fail")
         if "went back to its previous units and is serving again" not in flat:
