@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def load_plugin(relative_path: str, name: str):
-    """Import a plugin file (plugins/..., roles/.../filter_plugins/...) as a module."""
+    """Import a plugin file (plugins/...) as a module."""
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, REPO / relative_path)

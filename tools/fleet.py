@@ -149,8 +149,10 @@ def ensure_collections() -> None:
         run([str(VENV / "bin" / "python"), "-m", "pip", "download", "--quiet", "--no-deps",
              "--disable-pip-version-check", "-d", str(wheel_dir), source])
         wheels = list(wheel_dir.glob(f"ansible-{version}-*.whl"))
-    if COLLECTIONS_DIR.exists():
-        shutil.rmtree(COLLECTIONS_DIR)
+    # Only the collections extracted here are replaced: collections/ansible_collections/claude_vllm/fleet
+    # is this repository itself (a committed link), not something to download.
+    for name in names:
+        shutil.rmtree(COLLECTIONS_DIR / "ansible_collections" / name.replace(".", "/"), ignore_errors=True)
     prefixes = tuple("ansible_collections/" + name.replace(".", "/") + "/" for name in names)
     with zipfile.ZipFile(wheels[0]) as wheel:
         members = [m for m in wheel.namelist() if m.startswith(prefixes)]

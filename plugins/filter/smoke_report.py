@@ -12,6 +12,16 @@ smoke_needs_attention(hostvars, hosts, fact)
 
 from __future__ import annotations
 
+DOCUMENTATION = r"""
+name: smoke_report
+short_description: One readable report of every host's claude_code_smoke result
+description:
+  - C(smoke_table(hostvars, hosts, fact)) returns text lines; a table per host and user, then each
+    failure with its diagnosis, the hosts not tested yet, and the hosts that gave no result.
+  - C(smoke_needs_attention(hostvars, hosts, fact)) returns the names of the hosts with a failed user
+    or no result at all.
+"""
+
 STEPS = (("settings", "settings"), ("models", "GET /v1/models"), ("messages", "POST /v1/messages"),
          ("claude", "claude -p"))
 

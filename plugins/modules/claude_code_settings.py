@@ -23,7 +23,7 @@ description:
     every read, write, rename, backup and prune happens in a child process that has dropped to
     that user's own credentials (uid, gid and groups), so the module can do nothing in the home
     that the user could not do themselves. On top of that, the settings file and its directory
-    must be owned by O(owner): a file moved or hard-linked in from elsewhere, or a link leading
+    must be owned by O(owner); a file moved or hard-linked in from elsewhere, or a link leading
     out of what the user owns, is refused, named and left untouched. A link the user made into
     their own files (a dotfiles manager's) is followed and left in place.
   - The file is opened without following a link and without blocking (a FIFO or socket is

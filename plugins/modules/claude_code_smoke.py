@@ -17,7 +17,7 @@ description:
     expects exit status 0 and a non-empty reply.
   - Never changes anything it manages and never fails by itself; the caller decides from C(ok).
     In check mode only the doctor runs (C(claude -p) writes session files under the user's home).
-    In check mode on a machine the role has not installed yet (no doctor or CLI), nothing is tested:
+    In check mode on a machine the role has not installed yet (no doctor or CLI), nothing is tested;
     the result says which tools the run would install (RV(not_installed)) and RV(ok) stays true.
 options:
   users:

@@ -11,10 +11,10 @@ short_description: Replace the entries of a loaded HAProxy map live, in one atom
 description:
   - Reads the map with C(show map) on HAProxy's runtime API (the C(stats socket ... level admin) UNIX
     socket). When its entries differ from O(entries), builds the new set in a new version of the map
-    (C(prepare map), C(add map @VERSION)) and switches to it with C(commit map): requests see the old set
+    (C(prepare map), C(add map @VERSION)) and switches to it with C(commit map); requests see the old set
     or the new one, never a half-written or empty map. No reload, no restart, no connection dropped.
   - Used by the gateway role for the per-user token map (SHA-256 digest of each current user's token ->
-    user name): a revoked user's token fails from the commit on.
+    user name); a revoked user's token fails from the commit on.
   - The map file on disk is written separately (by a template) so that a restart loads the same set.
   - Check mode reports what would change.
 options:

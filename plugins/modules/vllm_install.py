@@ -12,9 +12,9 @@ description:
   - Each pinned set (O(package), O(version), O(extra_packages), O(remove_packages), O(python)) gets
     its own directory C(<root>/<package>-<version>-<digest>) holding a venv. The digest covers the
     whole set, so a change of the extras is a new install, not a silent no-op.
-  - C(state=present) installs the set when its directory is not complete yet: venv, C(pip install),
+  - C(state=present) installs the set when its directory is not complete yet (venv, C(pip install),
     removal of O(remove_packages), then an import check of O(import_name) run with the new venv's
-    Python; only then is C(install.json) written, which marks the directory complete. A directory
+    Python); only then is C(install.json) written, which marks the directory complete. A directory
     without it (an interrupted run) is wiped and installed again. Nothing outside the new directory
     is touched, so a server running from another install keeps running on files nobody changes.
   - C(state=pruned) removes complete or incomplete installs under O(root) beyond O(keep), never one
@@ -55,7 +55,7 @@ options:
   pip_options:
     description:
       - Index and trust options for pip (C(--index-url=...), C(--find-links=...), C(--no-index), C(--cert=...)).
-      - Not part of the set: where the wheels come from does not change what is installed.
+      - Not part of the set; where the wheels come from does not change what is installed.
     type: list
     elements: str
     default: []

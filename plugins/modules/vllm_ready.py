@@ -37,7 +37,7 @@ options:
   unit:
     description:
       - systemd unit that must be C(active), and whose journal is shown on failure.
-      - Its restart counter is watched: a server that exits while starting fails the wait at once.
+      - Its restart counter is watched; a server that exits while starting fails the wait at once.
     type: str
   restarts_allowed:
     description:

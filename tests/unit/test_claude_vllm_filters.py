@@ -280,7 +280,7 @@ def test_non_string_served_name_says_so():
 
 @pytest.mark.parametrize("role", ["claude_code", "vllm", "gateway"])
 def test_every_role_that_templates_the_served_name_checks_it_with_the_same_filter(repo, role):
-    assert "served_model_name | served_model_name_problem" in (repo / f"roles/{role}/tasks/validate.yml").read_text()
+    assert "served_model_name | claude_vllm.fleet.served_model_name_problem" in (repo / f"roles/{role}/tasks/validate.yml").read_text()
 
 
 PASSWD = {
@@ -477,10 +477,10 @@ def test_gateway_words_and_times():
 
 
 @pytest.mark.parametrize("role, needle", [
-    ("claude_code", "vllm_port | port_problem"),
-    ("claude_code", "vllm_max_model_len | max_model_len_problem"),
-    ("vllm", "vllm_max_model_len | max_model_len_problem"),
-    ("gateway", "vllm_port | port_problem"),
+    ("claude_code", "vllm_port | claude_vllm.fleet.port_problem"),
+    ("claude_code", "vllm_max_model_len | claude_vllm.fleet.max_model_len_problem"),
+    ("vllm", "vllm_max_model_len | claude_vllm.fleet.max_model_len_problem"),
+    ("gateway", "vllm_port | claude_vllm.fleet.port_problem"),
     ("gateway", "gateway_server_problems"),
 ])
 def test_roles_use_the_checks(repo, role, needle):

@@ -161,7 +161,7 @@ def rendered(tmp_path_factory, material, ports):
         {"name": "Load the role's Debian variables (as its main.yml does)",
          "ansible.builtin.include_vars": str(REPO / "roles/gateway/vars/Debian.yml")},
         {"name": "Run the role's validate.yml (its defaults and vars stay for the templates)",
-         "ansible.builtin.include_role": {"name": "gateway", "tasks_from": "validate.yml", "public": True}},
+         "ansible.builtin.include_role": {"name": "claude_vllm.fleet.gateway", "tasks_from": "validate.yml", "public": True}},
         {"name": "Render haproxy.cfg", "ansible.builtin.template": {
             "src": str(TEMPLATE), "dest": f"{out}/{{{{ inventory_hostname }}}}.cfg", "mode": "0600"}},
         {"name": "Render the token map", "ansible.builtin.template": {

@@ -6,8 +6,8 @@ import pytest
 
 from conftest import load_plugin
 
-nv = load_plugin("roles/nvidia_cuda/filter_plugins/nvidia_packages.py", "nvidia_packages_filters")
-gpu_info = load_plugin("roles/nvidia_cuda/library/nvidia_gpu_info.py", "nvidia_gpu_info_module")
+nv = load_plugin("plugins/filter/nvidia_packages.py", "nvidia_packages_filters")
+gpu_info = load_plugin("plugins/modules/nvidia_gpu_info.py", "nvidia_gpu_info_module")
 
 APT_OS = ["ubuntu2204", "ubuntu2404", "debian12", "debian13"]
 

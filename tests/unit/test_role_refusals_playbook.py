@@ -54,7 +54,7 @@ def run_role(tmp_path: Path, role: str, group: str, cases: dict, extra_groups: d
     (inventory_dir / "hosts.yml").write_text(yaml.safe_dump(inventory))
     shutil.copy(REPO / "inventory/default/group_vars/all.yml", inventory_dir / "group_vars/all.yml")
     play = [{"name": f"Refusals of {role}", "hosts": group, "become": False, "gather_facts": True,
-             "vars": play_vars or {}, "roles": [{"role": role}]}]
+             "vars": play_vars or {}, "roles": [{"role": "claude_vllm.fleet." + role}]}]
     (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
                ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"), ANSIBLE_NOCOLOR="1",

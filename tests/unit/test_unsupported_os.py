@@ -24,7 +24,7 @@ MACOS_FACTS = {"distribution": "MacOSX", "os_family": "Darwin", "distribution_ma
 
 def run_role(tmp_path: Path, role: str) -> tuple[int, dict]:
     play = [{"name": "Apply one role", "hosts": "localhost", "gather_facts": False,
-             "tasks": [{"name": "Apply the role", "ansible.builtin.include_role": {"name": role}}]}]
+             "tasks": [{"name": "Apply the role", "ansible.builtin.include_role": {"name": "claude_vllm.fleet." + role}}]}]
     (tmp_path / "play.yml").write_text(json.dumps(play))
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
                ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"), ANSIBLE_NOCOLOR="1")

@@ -88,11 +88,11 @@ def test_the_wait_asks_the_address_the_server_listens_on(tmp_path):
             {"name": "One instance on the stand-in's port", "ansible.builtin.set_fact": {
                 "__vllm_instance_list": [{"name": "main", "port": "{{ standin_port }}", "unit": ""}]}},
             {"name": "Run the role's ready.yml",
-             "ansible.builtin.include_role": {"name": "vllm", "tasks_from": "ready.yml"}}]}]
+             "ansible.builtin.include_role": {"name": "claude_vllm.fleet.vllm", "tasks_from": "ready.yml"}}]}]
         (tmp_path / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
         env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
                    ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"), ANSIBLE_NOCOLOR="1",
-                   ANSIBLE_ROLES_PATH=str(REPO / "roles"), ANSIBLE_RETRY_FILES_ENABLED="False", ANSIBLE_FORKS="8")
+                   ANSIBLE_RETRY_FILES_ENABLED="False", ANSIBLE_FORKS="8")
         result = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "play.yml")],
                                 cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     finally:
