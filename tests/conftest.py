@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# The plugins import each other the collection way (ansible_collections.claude_vllm.fleet...): the committed
+# link collections/ansible_collections/claude_vllm/fleet makes that name this repository.
+if str(REPO / "collections") not in sys.path:
+    sys.path.insert(0, str(REPO / "collections"))
 
 
 def load_plugin(relative_path: str, name: str):

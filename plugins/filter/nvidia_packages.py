@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 
+from ansible_collections.claude_vllm.fleet.plugins.module_utils.nvidia import branch_of
+
 DOCUMENTATION = r"""
 name: nvidia_packages
 short_description: NVIDIA driver/CUDA package names per OS, source and branch, and input checks
@@ -90,9 +92,7 @@ def nvidia_supported_os_labels(_unused=None):
 
 def nvidia_branch_of(driver_version):
     """'580.95.05' -> '580'; '' when there is no version."""
-    text = str(driver_version or "").strip()
-    match = re.match(r"^(\d+)\.", text) or re.match(r"^(\d+)$", text)
-    return match.group(1) if match else ""
+    return branch_of(driver_version)
 
 
 def nvidia_package_scheme(branch, os_id, source="cuda_repo", scheme="auto"):

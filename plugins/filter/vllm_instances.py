@@ -13,6 +13,11 @@ description:
   - C(vllm_instance_problems) returns a list of messages (variable, problem, fix) for bad instances.
 """
 
+from ansible_collections.claude_vllm.fleet.plugins.module_utils.fleet_contract import (
+    DEFAULT_INSTANCE,
+    gateway_server_name,
+)
+
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -52,7 +57,7 @@ def vllm_instance_problems(instances):
         name = instance.get("name")
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
             problems.append(f"vllm_instances: name {name!r} must be letters, digits, '.', '_' or '-' (it becomes "
-                            f"the unit vllm-<name>.service). Fix: rename it, e.g. 'main'.")
+                            f"the unit vllm-<name>.service). Fix: rename it, e.g. '{DEFAULT_INSTANCE}'.")
         elif name in names:
             problems.append(f"vllm_instances: name {name!r} is used twice. Fix: give each instance its own name.")
         names.add(name)
@@ -83,7 +88,7 @@ def gateway_servers(hostvars, hosts, default_port=8000):
 
     Each is {name: HOST-INSTANCE, host, address (ansible_host or the name), port}. Inventory variables
     are read through hostvars (vllm_instances, vllm_port); a host without vllm_instances has the role's
-    default single instance "main" on vllm_port.
+    default single instance (DEFAULT_INSTANCE) on vllm_port.
     """
     servers = []
     for host in hosts or []:
@@ -93,7 +98,7 @@ def gateway_servers(hostvars, hosts, default_port=8000):
             continue
         get = values.get if hasattr(values, "get") else (lambda key, default=None: default)
         port = get("vllm_port", default_port) or default_port
-        instances = get("vllm_instances", None) or [{"name": "main"}]
+        instances = get("vllm_instances", None) or [{"name": DEFAULT_INSTANCE}]
         for instance in instances:
             if not isinstance(instance, dict):
                 continue
@@ -101,7 +106,7 @@ def gateway_servers(hostvars, hosts, default_port=8000):
             if isinstance(instance_port, str) and re.fullmatch(r"[0-9]+", instance_port):
                 instance_port = int(instance_port)  # anything else is kept as written, for the gateway's check
             servers.append({
-                "name": f"{host}-{instance.get('name', 'main')}",
+                "name": gateway_server_name(host, instance.get("name", DEFAULT_INSTANCE)),
                 "host": host,
                 "address": get("ansible_host", None) or host,
                 "port": instance_port,

@@ -77,6 +77,7 @@ import os
 import re
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.claude_vllm.fleet.plugins.module_utils.nvidia import branch_of
 
 NVIDIA_VENDOR = "0x10de"
 # PCI base class 0x03: display controllers (0x0300 VGA, 0x0302 3D controller, 0x0380 other).
@@ -126,10 +127,6 @@ def parse_nvidia_smi(output):
                      "bus_id": fields[-2], "driver_version": fields[-1]})
     return gpus
 
-
-def branch_of(version):
-    match = re.match(r"^(\d+)\.", version or "")
-    return match.group(1) if match else ""
 
 
 def kernel_module_info(proc_driver_version):

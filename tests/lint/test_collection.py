@@ -14,6 +14,8 @@ import yaml
 from conftest import REPO
 
 ANSIBLE_DOC = Path(sys.executable).parent / "ansible-doc"
+ANSIBLE_GALAXY = Path(sys.executable).parent / "ansible-galaxy"
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 GALAXY = yaml.safe_load((REPO / "galaxy.yml").read_text())
 FQCN = f"{GALAXY['namespace']}.{GALAXY['name']}"
 MODULES = sorted(p.stem for p in (REPO / "plugins/modules").glob("*.py"))
@@ -57,3 +59,31 @@ def test_every_filter_documents_itself():
     assert len(names) > 40, names
     docs = ansible_doc("filter", names)
     assert sorted(docs) == names
+
+
+@pytest.mark.skipif(not ANSIBLE_GALAXY.exists(), reason="ansible-galaxy not in this venv")
+def test_the_built_collection_serves_a_playbook_outside_the_repository(tmp_path):
+    """What a fleet owner does: build, install, and use the roles and playbooks by FQCN from their own project."""
+    env = dict(os.environ, ANSIBLE_CONFIG="/nonexistent", ANSIBLE_NOCOLOR="1")
+    build = subprocess.run([str(ANSIBLE_GALAXY), "collection", "build", str(REPO), "--output-path", str(tmp_path)],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stdout + build.stderr
+    tarball = next(tmp_path.glob("claude_vllm-fleet-*.tar.gz"))
+    installed = tmp_path / "installed"
+    install = subprocess.run([str(ANSIBLE_GALAXY), "collection", "install", "--no-deps", "-p", str(installed),
+                              str(tarball)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stdout + install.stderr
+    tree = installed / "ansible_collections/claude_vllm/fleet"
+    assert (tree / "plugins/module_utils/fleet_contract.py").is_file() and not (tree / "molecule").exists()
+    assert (tree / "roles/claude_code/files/claude-vllm-doctor").read_bytes() == (
+        REPO / "tools/claude-vllm-doctor").read_bytes()
+    # The collections it needs (community.docker, ansible.posix) from this checkout, not the repository's link.
+    for namespace in ("community", "ansible"):
+        (installed / "ansible_collections" / namespace).symlink_to(REPO / "collections/ansible_collections" / namespace)
+    (tmp_path / "site.yml").write_text(
+        "- ansible.builtin.import_playbook: claude_vllm.fleet.gpu_hosts\n"
+        "- name: Workstations\n  hosts: workstations\n  roles: [claude_vllm.fleet.claude_code]\n")
+    check = subprocess.run([str(ANSIBLE_PLAYBOOK), "--syntax-check", "-i", str(REPO / "inventory/default"), "site.yml"],
+                           cwd=tmp_path, env=dict(env, ANSIBLE_COLLECTIONS_PATH=str(installed)),
+                           capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -23,7 +23,7 @@ import yaml
 from conftest import REPO
 
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
-REFUSE_TASK = "Validate | Refuse bad input (nothing has been changed on this host)"
+REFUSE_TASK = "Preflight | Refuse bad input (nothing has been changed on this host)"
 ME = getpass.getuser()
 pytestmark = pytest.mark.skipif(not ANSIBLE_PLAYBOOK.exists(), reason="ansible-playbook not in this venv")
 

@@ -1,0 +1,126 @@
+"""The fleet contract (plugins/module_utils/fleet_contract.py) is the one home of every field-notes rule and every
+name two roles must agree on: these tests fail, in seconds, when a second place disagrees with it."""
+
+from __future__ import annotations
+
+import re
+from importlib.machinery import SourceFileLoader
+from importlib.util import module_from_spec, spec_from_loader
+
+import pytest
+import yaml
+
+from conftest import REPO, load_plugin
+
+from ansible_collections.claude_vllm.fleet.plugins.module_utils import fleet_contract as contract
+
+preflight = load_plugin("plugins/filter/preflight.py", "preflight_filters")
+
+
+def load_doctor():
+    loader = SourceFileLoader("claude_vllm_doctor_contract", str(REPO / "tools/claude-vllm-doctor"))
+    module = module_from_spec(spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+doctor = load_doctor()
+ROLE_YAML = [p for role in ("vllm", "gateway", "claude_code", "nvidia_cuda")
+             for kind in ("tasks", "handlers", "vars", "defaults", "templates")
+             for p in sorted((REPO / "roles" / role / kind).glob("*")) if p.is_file()]
+FLEET_YAML = ROLE_YAML + sorted((REPO / "playbooks").glob("*.yml")) + sorted((REPO / "inventory").rglob("*.yml"))
+
+
+# ------------------------------------------------------------------ the doctor's copy (one stdlib file)
+def test_doctor_knows_the_same_tier_aliases_and_their_variables():
+    assert set(doctor.ALIASES) == set(contract.MODEL_ALIASES)
+    assert set(doctor.TIER_KEYS.values()) == set(contract.tier_model_env("x"))
+
+
+def test_doctor_sizes_the_output_budget_with_the_same_numbers():
+    assert doctor.PROMPT_RESERVE == contract.PROMPT_TOKEN_RESERVE
+    assert doctor.DEFAULT_MAX_OUTPUT_TOKENS == contract.CLAUDE_CODE_DEFAULT_MAX_OUTPUT_TOKENS
+
+
+BASE_URLS = ["http://gpu-01:8000", "https://gw.example:443", "http://gpu-01:8000/", "http://gpu-01:8000/v1",
+             "http://gpu-01:8000/v1/", "http://gpu-01:8000/api", "http://gpu-01:8000?x=1", "gpu-01:8000",
+             "ftp://gpu-01:8000", "", " http://gpu-01:8000", "http://gpu 01:8000", "http://:8000",
+             "http://[::1]:8000", "http://10.0.0.5:8000"]
+
+
+@pytest.mark.parametrize("url", BASE_URLS)
+def test_doctor_and_the_roles_agree_on_every_base_url(url):
+    """The role refuses a base URL exactly when the doctor reports it as an error on a workstation."""
+    report = doctor.Report()
+    doctor.check_base_url(report, {"ANTHROPIC_BASE_URL": (url, ("settings", "user"))}, "Qwen3.5-27B")
+    assert report.has_error() == bool(contract.base_url_problem(url)), (url, report.findings)
+
+
+# ------------------------------------------------------------------ contract values written nowhere else
+@pytest.mark.parametrize("literal, home", [
+    (re.compile(r"\b25000\b"), "PROMPT_TOKEN_RESERVE"),
+    (re.compile(r"/run/haproxy/admin\.sock"), "GATEWAY_ADMIN_SOCKET"),
+    (re.compile(r"^\s*backend:? +vllm\b", re.M), "GATEWAY_BACKEND"),
+    (re.compile(r"ANTHROPIC_DEFAULT_(OPUS|SONNET|HAIKU)_MODEL"), "MODEL_ALIASES (tier_model_env)"),
+    (re.compile(r"\}\}-\{\{ *item\.1\.name"), "gateway_server_name"),
+])
+def test_contract_values_are_not_written_again_in_the_roles(literal, home):
+    """Roles, playbooks and the inventory read these from the contract (lookup or filter), never as literals."""
+    found = [f"{path.relative_to(REPO)}:{text[:match.start()].count(chr(10)) + 1}"
+             for path in FLEET_YAML for text in [path.read_text()]
+             for match in literal.finditer("\n".join(line for line in text.splitlines()
+                                                     if not line.lstrip().startswith("#")))]
+    assert found == [], f"write these through the contract's {home} instead"
+
+
+def test_the_default_instance_is_the_contracts():
+    defaults = yaml.safe_load((REPO / "roles/vllm/defaults/main.yml").read_text())
+    specs = yaml.safe_load((REPO / "roles/vllm/meta/argument_specs.yml").read_text())
+    assert defaults["vllm_instances"] == [{"name": contract.DEFAULT_INSTANCE}]
+    assert specs["argument_specs"]["main"]["options"]["vllm_instances"]["default"] == [
+        {"name": contract.DEFAULT_INSTANCE}]
+
+
+# ------------------------------------------------------------------ every rule runs somewhere
+def preflight_inputs(role):
+    """The keys of the dict a role's validate.yml passes to its preflight filter."""
+    for task in yaml.safe_load((REPO / f"roles/{role}/tasks/validate.yml").read_text()):
+        for name, value in (task.get("vars") or {}).items():
+            if name.endswith("_preflight_inputs"):
+                return set(value)
+    return set()
+
+
+ROLE_INPUTS = {role: preflight_inputs(role) for role in ("vllm", "gateway", "claude_code")}
+
+
+def test_every_role_passes_its_inputs_to_a_preflight_filter():
+    assert all(ROLE_INPUTS.values()), ROLE_INPUTS
+
+
+@pytest.mark.parametrize("rule", [function.__name__ for function, _ in contract.RULES])
+def test_every_field_notes_rule_runs_in_some_role(rule):
+    inputs = dict((function.__name__, names) for function, names in contract.RULES)[rule]
+    assert [role for role, keys in ROLE_INPUTS.items() if set(inputs) <= keys], (
+        f"no role's preflight passes all of {inputs}: add them to a role's *_preflight_inputs")
+
+
+@pytest.mark.parametrize("role, inputs", [
+    ("vllm", {"served_model_name"}), ("gateway", {"served_model_name", "vllm_port"}),
+    ("claude_code", {"served_model_name", "anthropic_base_url", "vllm_port", "claude_code_model_alias",
+                     "vllm_max_model_len", "claude_code_prompt_token_reserve", "llm_api_token"}),
+    ("vllm", {"vllm_max_model_len", "claude_code_prompt_token_reserve", "vllm_enable_tool_calling",
+              "vllm_tool_call_parser"}),
+])
+def test_roles_that_write_a_setting_check_it(role, inputs):
+    """Each role that writes the served name (unit, haproxy.cfg, settings.json) runs its rules."""
+    assert inputs <= ROLE_INPUTS[role]
+
+
+def test_a_new_rule_runs_wherever_its_inputs_are_passed(monkeypatch):
+    rules = list(contract.RULES)
+    monkeypatch.setattr(contract, "RULES", rules)
+    contract.rule("served_model_name")(lambda name: "served_model_name: no Qwen. Fix: ..." if "Qwen" not in name
+                                       else "")
+    assert contract.fleet_rule_problems({"served_model_name": "llama"}) == ["served_model_name: no Qwen. Fix: ..."]
+    assert contract.fleet_rule_problems({"vllm_port": 8000}) == []
