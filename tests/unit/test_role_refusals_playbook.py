@@ -64,16 +64,18 @@ def run_role(tmp_path: Path, role: str, group: str, cases: dict, extra_groups: d
     assert result.stdout.strip(), result.stderr[-3000:]
     report = json.loads(result.stdout)
     tasks_run = {host: [] for host in cases}
-    refusals = {}
+    refusals, failures = {}, {}
     for task in report["plays"][0]["tasks"]:
         for host, outcome in task["hosts"].items():
             if host not in tasks_run or outcome.get("skipped"):
                 continue
             tasks_run[host].append(task["task"]["name"])
+            if outcome.get("failed"):
+                failures[host] = outcome.get("msg")
             if task["task"]["name"].endswith(REFUSE_TASK) and outcome.get("failed"):
                 refusals[host] = outcome["msg"][1:]
     return {"rc": result.returncode, "stats": report["stats"], "tasks": tasks_run, "refusals": refusals,
-            "output": result.stdout + result.stderr}
+            "failures": failures, "output": result.stdout + result.stderr}
 
 
 def assert_refused(run: dict, cases: dict, expected: dict, exactly_one: bool = True):
@@ -167,3 +169,38 @@ VLLM_EXPECTED = {
 def test_vllm_refuses_each_bad_input_before_any_change(tmp_path):
     run = run_role(tmp_path, "vllm", "gpu_hosts", VLLM_CASES, play_vars={"vllm_device": "cpu"})
     assert_refused(run, VLLM_CASES, VLLM_EXPECTED)
+
+
+# An enumeration (choices in meta/argument_specs.yml) is checked by Ansible itself, before the role's first task:
+# the message is Ansible's, and it names the variable, the allowed values and the value given.
+CHOICE_CASES = {
+    "claude_code": ("workstations", {"claude_code_invalid_json": "overwrite",
+                                     "claude_code_settings_scope": "system"}),
+    "vllm": ("gpu_hosts", {"vllm_device": "gpu"}),
+    "gateway": ("gateways", {"gateway_tls_min_version": "TLSv1.1"}),
+    "nvidia_cuda": ("gpu_hosts", {"nvidia_driver_source": "runfile", "nvidia_driver_kernel_modules": "closed",
+                                  "nvidia_driver_package_scheme": "branch", "nvidia_reboot": "always"}),
+}
+CHOICE_EXPECTED = {
+    "claude_code_invalid_json": "value of claude_code_invalid_json must be one of: fail, backup_and_replace, got: overwrite",
+    "claude_code_settings_scope": "value of claude_code_settings_scope must be one of: user, managed, got: system",
+    "vllm_device": "value of vllm_device must be one of: cuda, cpu, auto, got: gpu",
+    "gateway_tls_min_version": "value of gateway_tls_min_version must be one of: TLSv1.2, TLSv1.3, got: TLSv1.1",
+    "nvidia_driver_source": "value of nvidia_driver_source must be one of: cuda_repo, distro, got: runfile",
+    "nvidia_driver_kernel_modules": "value of nvidia_driver_kernel_modules must be one of: open, proprietary, got: closed",
+    "nvidia_driver_package_scheme": "value of nvidia_driver_package_scheme must be one of: auto, branch_in_name, pinning",
+    "nvidia_reboot": "value of nvidia_reboot must be one of: auto, never, got: always",
+}
+
+
+@pytest.mark.parametrize("role", sorted(CHOICE_CASES))
+def test_a_value_outside_the_choices_is_refused_first_naming_the_variable(tmp_path, role):
+    group, variables = CHOICE_CASES[role]
+    cases = {name: {name: value} for name, value in variables.items()}
+    run = run_role(tmp_path, role, group, cases)
+    assert run["rc"] != 0
+    for host in cases:
+        assert run["stats"][host]["changed"] == 0 and run["stats"][host]["failures"] == 1, (host, run["stats"][host])
+        assert len(run["tasks"][host]) == 2, run["tasks"][host]  # facts, then the argument check: nothing else ran
+        assert "Validating arguments against arg spec 'main'" in run["tasks"][host][-1], run["tasks"][host]
+        assert CHOICE_EXPECTED[host] in run["failures"][host], (host, run["failures"][host])
