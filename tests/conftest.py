@@ -14,6 +14,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# Modules import their shared code the collection way (ansible_collections.claude_vllm.fleet.plugins.module_utils,
+# bundled in by Ansible at run time); the committed link collections/ansible_collections/claude_vllm/fleet -> the
+# repository makes that import work here too.
+if str(REPO / "collections") not in sys.path:
+    sys.path.insert(0, str(REPO / "collections"))
 
 
 def load_plugin(relative_path: str, name: str):

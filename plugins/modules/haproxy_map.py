@@ -65,35 +65,11 @@ version:
 
 import os
 import re
-import socket
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.claude_vllm.fleet.plugins.module_utils.haproxy_runtime import SOCKET_MISSING, RuntimeAPI
 
 WORD = re.compile(r"\S+")
-
-
-class RuntimeAPI(object):
-    """One command per connection, as HAProxy's non-interactive runtime API expects."""
-
-    def __init__(self, path, timeout=10):
-        self.path = path
-        self.timeout = timeout
-
-    def command(self, line):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.path)
-            sock.sendall((line + "\n").encode("utf-8"))
-            chunks = []
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                chunks.append(data)
-        finally:
-            sock.close()
-        return b"".join(chunks).decode("utf-8", "replace")
 
 
 class MapError(Exception):
@@ -149,8 +125,7 @@ def main():
             module.exit_json(changed=False, added=[], removed=[],
                              msg="no HAProxy runtime socket at {}: it loads the map file when it starts".format(
                                  params["socket"]))
-        module.fail_json(msg="HAProxy runtime socket {} does not exist. Fix: run the gateway role on this host "
-                             "(it enables the admin socket), or set socket.".format(params["socket"]))
+        module.fail_json(msg=SOCKET_MISSING.format(params["socket"]))
     api = RuntimeAPI(params["socket"])
     try:
         current = parse_show_map(api.command("show map {}".format(params["map"])))
