@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import socket
 import sys
 import threading
@@ -19,6 +20,21 @@ REPO = Path(__file__).resolve().parent.parent
 # repository makes that import work here too.
 if str(REPO / "collections") not in sys.path:
     sys.path.insert(0, str(REPO / "collections"))
+
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+
+
+def playbook_env(repo_config=True, **variables):
+    """The environment of an ansible-playbook run whose report a test reads as JSON (ansible.posix.json on
+    stdout) and that finds this collection through collections/; the repository's ansible.cfg unless
+    repo_config is False; `variables` on top."""
+    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+               ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_RETRY_FILES_ENABLED="False")
+    if repo_config:
+        env["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")
+    env.update(variables)
+    return env
 
 
 def load_plugin(relative_path: str, name: str):

@@ -10,18 +10,15 @@ address would not); the wait must find it within seconds. A wildcard vllm_host i
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, VllmStandIn, serve
+from conftest import ANSIBLE_PLAYBOOK, VllmStandIn, playbook_env, serve
 
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 SERVED = "Qwen3.5-27B"
 TOKEN = "ready-address-token"
 pytestmark = pytest.mark.skipif(not ANSIBLE_PLAYBOOK.exists(), reason="ansible-playbook not in this venv")
@@ -63,9 +60,7 @@ def test_the_wait_asks_the_address_the_server_listens_on(tmp_path):
             {"name": "Run the role's ready.yml",
              "ansible.builtin.include_role": {"name": "claude_vllm.fleet.vllm", "tasks_from": "ready.yml"}}]}]
         (tmp_path / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
-        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
-                   ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"), ANSIBLE_NOCOLOR="1",
-                   ANSIBLE_RETRY_FILES_ENABLED="False", ANSIBLE_FORKS="8")
+        env = playbook_env(ANSIBLE_FORKS="8")
         result = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "play.yml")],
                                 cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     finally:
