@@ -5,6 +5,8 @@ Not a test module: each bench/<name>.py prints figures; nothing here asserts tim
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -41,6 +43,30 @@ def molecule(scenario: str, action: str, *args: str, check: bool = True) -> subp
         sys.stdout.write(result.stdout[-6000:])
         raise SystemExit(f"molecule {action} -s {scenario} {' '.join(args)} failed (rc={result.returncode})")
     return result
+
+
+def scenario_arguments(description: str) -> argparse.ArgumentParser:
+    """The options of a benchmark on one Molecule scenario: --keep and --reuse (see scenario())."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--keep", action="store_true", help="leave the containers running")
+    parser.add_argument("--reuse", action="store_true", help="use the scenario's running containers")
+    return parser
+
+
+@contextlib.contextmanager
+def scenario(name: str, keep: bool = False, reuse: bool = False):
+    """The Molecule scenario `name` fresh (destroyed, created, prepared, converged) or, with reuse, as it runs;
+    destroyed at the end unless keep. Yields the set-up's seconds (None when reused)."""
+    try:
+        started = time.monotonic()
+        if not reuse:
+            molecule(name, "destroy", check=False)
+            for action in ("create", "prepare", "converge"):
+                molecule(name, action)
+        yield None if reuse else time.monotonic() - started
+    finally:
+        if not keep:
+            molecule(name, "destroy", check=False)
 
 
 def docker_exec(container: str, *command: str, check: bool = True, stdin: str | None = None,

@@ -16,7 +16,6 @@ workstation; created and converged here, destroyed at the end unless --keep):
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import REPO, describe, docker_exec, header, molecule  # noqa: E402
+from benchlib import REPO, describe, docker_exec, header, molecule, scenario, scenario_arguments  # noqa: E402
 
 sys.path.insert(0, str(REPO / "plugins" / "filter"))
 from fleet_tokens import fleet_user_token  # noqa: E402
@@ -99,19 +98,13 @@ def loop_line(figures: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = scenario_arguments(__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=50, help="requests per path for the latency figure")
-    parser.add_argument("--keep", action="store_true", help="leave the containers running")
-    parser.add_argument("--reuse", action="store_true", help="use the scenario's running containers")
     args = parser.parse_args()
     header("gateway benchmark (molecule/rollout: 2 CPU vLLM servers, tiny model, HAProxy, 1 workstation)")
-    try:
-        if not args.reuse:
-            started = time.monotonic()
-            molecule(SCENARIO, "destroy", check=False)
-            for action in ("create", "prepare", "converge"):
-                molecule(SCENARIO, action)
-            print(f"set-up (create, prepare, converge with site.yml): {time.monotonic() - started:.0f} s")
+    with scenario(SCENARIO, keep=args.keep, reuse=args.reuse) as set_up:
+        if set_up is not None:
+            print(f"set-up (create, prepare, converge with site.yml): {set_up:.0f} s")
 
         # Both measured from the gateway's host: only the gateways may reach a server's port directly.
         targets = {"direct": [f"http://{SERVERS[0]}:8000", SERVER_TOKEN], "gateway": [GATEWAY_URL, TOKEN]}
@@ -145,9 +138,6 @@ def main() -> int:
             time.sleep(6)
         figures = stop_loop("nodrain")
         print(f"4. the same restarts by hand, without draining: {loop_line(figures)}")
-    finally:
-        if not args.keep:
-            molecule(SCENARIO, "destroy", check=False)
     return 0
 
 

@@ -13,7 +13,6 @@ second call of each pair is the one that matters: it repeats the same ~13k-token
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import docker_exec, header, molecule  # noqa: E402
+from benchlib import docker_exec, header, scenario, scenario_arguments  # noqa: E402
 
 SCENARIO = "e2e"
 SERVER = "fleet-e2e-gpu"
@@ -58,16 +57,9 @@ def claude_call() -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep", action="store_true", help="leave the containers running")
-    parser.add_argument("--reuse", action="store_true", help="use the scenario's running containers")
-    args = parser.parse_args()
+    args = scenario_arguments(__doc__.splitlines()[0]).parse_args()
     header("prefix-cache benchmark (molecule/e2e: CPU vLLM 0.32.0, tiny model, Claude Code 2.1.331)")
-    try:
-        if not args.reuse:
-            molecule(SCENARIO, "destroy", check=False)
-            for action in ("create", "prepare", "converge"):
-                molecule(SCENARIO, action)
+    with scenario(SCENARIO, keep=args.keep, reuse=args.reuse):
         start = counters()
         if "prefix_cache_queries" not in start:
             print(f"the server exports no vllm:prefix_cache_* counters; it has: {sorted(start)}")
@@ -92,9 +84,6 @@ def main() -> int:
         print(f"second call's hit rate: {second['0']:.1%} with \"0\", {second['1']:.1%} with \"1\" "
               f"(counters in tokens; all requests of one `claude -p` call counted)")
         print(json.dumps({"rows": rows}))
-    finally:
-        if not args.keep:
-            molecule(SCENARIO, "destroy", check=False)
     return 0
 
 

@@ -32,6 +32,7 @@ from ansible_collections.claude_vllm.fleet.plugins.filter.vllm_instances import 
 )
 from ansible_collections.claude_vllm.fleet.plugins.filter.vllm_unit_paths import vllm_model_access_problems
 from ansible_collections.claude_vllm.fleet.plugins.module_utils.fleet_contract import (
+    GATEWAY_ADMIN_SOCKET,
     fleet_rule_problems,
     port_problem,
 )
@@ -141,7 +142,7 @@ def gateway_preflight_problems(inputs):
     problems.append(haproxy_word_problem(inputs.get("gateway_bind_address"), "gateway_bind_address", "address",
                                          '"*" or 10.0.0.5'))
     problems.append(haproxy_word_problem(inputs.get("gateway_admin_socket"), "gateway_admin_socket", "path",
-                                         "/run/haproxy/admin.sock"))
+                                         GATEWAY_ADMIN_SOCKET))
     if inputs.get("gateway_stats_listen"):
         problems.append(haproxy_word_problem(inputs["gateway_stats_listen"], "gateway_stats_listen", "address",
                                              "127.0.0.1:8404"))

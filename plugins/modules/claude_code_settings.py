@@ -102,11 +102,8 @@ options:
     type: str
     choices: [fail, backup_and_replace]
     default: fail
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
+extends_documentation_fragment:
+  - claude_vllm.fleet.full_check_mode
 author:
   - claude-vllm-fleet contributors
 """

@@ -18,10 +18,6 @@ description:
   - The map file on disk is written separately (by a template) so that a restart loads the same set.
   - Check mode reports what would change.
 options:
-  socket:
-    description: Path of the runtime API socket.
-    type: path
-    default: /run/haproxy/admin.sock
   map:
     description: The map's file name, exactly as the configuration loads it.
     type: path
@@ -34,6 +30,8 @@ options:
     description: Succeed without change when the socket does not exist (HAProxy not started yet).
     type: bool
     default: false
+extends_documentation_fragment:
+  - claude_vllm.fleet.haproxy_runtime
 author:
   - claude-vllm-fleet
 """
@@ -65,35 +63,12 @@ version:
 
 import os
 import re
-import socket
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.claude_vllm.fleet.plugins.module_utils.fleet_contract import GATEWAY_ADMIN_SOCKET
+from ansible_collections.claude_vllm.fleet.plugins.module_utils.haproxy_runtime import SOCKET_MISSING, RuntimeAPI
 
 WORD = re.compile(r"\S+")
-
-
-class RuntimeAPI(object):
-    """One command per connection, as HAProxy's non-interactive runtime API expects."""
-
-    def __init__(self, path, timeout=10):
-        self.path = path
-        self.timeout = timeout
-
-    def command(self, line):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.path)
-            sock.sendall((line + "\n").encode("utf-8"))
-            chunks = []
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                chunks.append(data)
-        finally:
-            sock.close()
-        return b"".join(chunks).decode("utf-8", "replace")
 
 
 class MapError(Exception):
@@ -132,7 +107,7 @@ def replace_map(api, path, entries):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            socket=dict(type="path", default="/run/haproxy/admin.sock"),
+            socket=dict(type="path", default=GATEWAY_ADMIN_SOCKET),
             map=dict(type="path", required=True),
             entries=dict(type="dict", required=True),
             missing_ok=dict(type="bool", default=False),
@@ -149,8 +124,7 @@ def main():
             module.exit_json(changed=False, added=[], removed=[],
                              msg="no HAProxy runtime socket at {}: it loads the map file when it starts".format(
                                  params["socket"]))
-        module.fail_json(msg="HAProxy runtime socket {} does not exist. Fix: run the gateway role on this host "
-                             "(it enables the admin socket), or set socket.".format(params["socket"]))
+        module.fail_json(msg=SOCKET_MISSING.format(params["socket"]))
     api = RuntimeAPI(params["socket"])
     try:
         current = parse_show_map(api.command("show map {}".format(params["map"])))

@@ -16,10 +16,6 @@ description:
     I(wait), waits until HAProxy's own health check reports it UP, so the caller knows traffic flows again.
   - Changed only when the administrative state differs. Check mode reports what would change.
 options:
-  socket:
-    description: Path of the runtime API socket.
-    type: path
-    default: /run/haproxy/admin.sock
   backend:
     description: Backend name.
     type: str
@@ -47,6 +43,8 @@ options:
       set up, or not yet listing a new server).
     type: bool
     default: false
+extends_documentation_fragment:
+  - claude_vllm.fleet.haproxy_runtime
 author:
   - claude-vllm-fleet
 """
@@ -86,35 +84,14 @@ waited:
 import csv
 import io
 import os
-import socket
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.claude_vllm.fleet.plugins.module_utils.fleet_contract import GATEWAY_ADMIN_SOCKET
+from ansible_collections.claude_vllm.fleet.plugins.module_utils.haproxy_runtime import SOCKET_MISSING, RuntimeAPI
 
 # HAProxy status text for each administrative state (show stat, column "status").
 ADMIN_STATUS = {"drain": ("DRAIN",), "maint": ("MAINT",)}
-
-
-class RuntimeAPI(object):
-    def __init__(self, path, timeout=10):
-        self.path = path
-        self.timeout = timeout
-
-    def command(self, line):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.path)
-            sock.sendall((line + "\n").encode("ascii"))
-            chunks = []
-            while True:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                chunks.append(data)
-        finally:
-            sock.close()
-        return b"".join(chunks).decode("utf-8", "replace")
 
 
 def parse_stat(text):
@@ -170,7 +147,7 @@ def sessions(row):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            socket=dict(type="path", default="/run/haproxy/admin.sock"),
+            socket=dict(type="path", default=GATEWAY_ADMIN_SOCKET),
             backend=dict(type="str", required=True),
             server=dict(type="str", required=True),
             state=dict(type="str", required=True, choices=["ready", "drain", "maint"]),
@@ -181,14 +158,13 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    api = RuntimeAPI(params["socket"])
+    api = RuntimeAPI(params["socket"], encoding="ascii")
     name = "{}/{}".format(params["backend"], params["server"])
     if not os.path.exists(params["socket"]):
         if params["missing_ok"]:
             module.exit_json(changed=False, status=None, sessions=0, waited=0.0,
                              msg="no HAProxy runtime socket at {}: gateway not set up yet".format(params["socket"]))
-        module.fail_json(msg="HAProxy runtime socket {} does not exist. Fix: run the gateway role on this host "
-                             "(it enables the admin socket), or set socket.".format(params["socket"]))
+        module.fail_json(msg=SOCKET_MISSING.format(params["socket"]))
 
     def current():
         return find_server(parse_stat(api.command("show stat")), params["backend"], params["server"])

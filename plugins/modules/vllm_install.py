@@ -77,11 +77,8 @@ options:
     type: list
     elements: path
     default: []
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
+extends_documentation_fragment:
+  - claude_vllm.fleet.full_check_mode
 author:
   - claude-vllm-fleet contributors
 """

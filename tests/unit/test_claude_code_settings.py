@@ -7,10 +7,8 @@ import os
 import stat
 
 import pytest
-from ansible.module_utils import basic
-from ansible.module_utils.common.text.converters import to_bytes
 
-from conftest import load_plugin, make_searchable
+from conftest import load_plugin, make_searchable, run_module
 
 settings_module = load_plugin("plugins/modules/claude_code_settings.py", "claude_code_settings_module")
 
@@ -28,35 +26,14 @@ USER_FILE = {
 }
 
 
-class ModuleExit(Exception):
-    def __init__(self, result, failed):
-        super().__init__(result)
-        self.result, self.failed = result, failed
-
-
 @pytest.fixture
 def run(monkeypatch):
-    def exit_json(self, **kwargs):
-        raise ModuleExit(kwargs, False)
-
-    def fail_json(self, **kwargs):
-        raise ModuleExit(kwargs, True)
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
-
     def _run(check_mode=False, diff=False, **args):
         args.setdefault("model", "sonnet")
         args.setdefault("env", MANAGED_ENV)
         args.setdefault("secret_env", {"ANTHROPIC_AUTH_TOKEN": "s3cret-token"})
         args.setdefault("remove_env", CONFLICTS)
-        payload = dict(args, _ansible_check_mode=check_mode, _ansible_diff=diff,
-                       _ansible_remote_tmp="/tmp", _ansible_keep_remote_files=False)
-        monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": payload})))
-        monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy", raising=False)
-        with pytest.raises(ModuleExit) as exited:
-            settings_module.main()
-        return exited.value
+        return run_module(monkeypatch, settings_module.main, args, check_mode=check_mode, diff=diff)
 
     return _run
 

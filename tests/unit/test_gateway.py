@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import load_plugin
+from conftest import load_plugin, run_module
 
 instances = load_plugin("plugins/filter/vllm_instances.py", "vllm_instances_filters")
 haproxy = load_plugin("plugins/modules/haproxy_server.py", "haproxy_server_module")
@@ -63,15 +63,12 @@ def test_no_hosts_no_servers():
 # The module end to end against a fake runtime API on a real UNIX socket (one command per connection, as
 # HAProxy's non-interactive mode answers): drain waits for running sessions, ready waits for the health check.
 
-import json  # noqa: E402
 import os  # noqa: E402
 import socket  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 
 import pytest  # noqa: E402
-from ansible.module_utils import basic  # noqa: E402
-from ansible.module_utils.common.text.converters import to_bytes  # noqa: E402
 
 STAT_HEADER = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status\n"
 
@@ -128,26 +125,11 @@ class FakeHAProxy:
         self.sock.close()
 
 
-class ModuleExit(Exception):
-    def __init__(self, result, failed):
-        super().__init__(result)
-        self.result, self.failed = result, failed
-
-
 @pytest.fixture
 def gateway(monkeypatch):
     directory = tempfile.mkdtemp(prefix="hap")
     path = os.path.join(directory, "admin.sock")
     fakes = []
-
-    def exit_json(self, **kwargs):
-        raise ModuleExit(kwargs, False)
-
-    def fail_json(self, **kwargs):
-        raise ModuleExit(kwargs, True)
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
     monkeypatch.setattr(haproxy.time, "sleep", lambda seconds: None)
 
     def start(**state):
@@ -156,13 +138,7 @@ def gateway(monkeypatch):
 
     def run(check_mode=False, **args):
         args = dict({"socket": path, "backend": "vllm", "server": "gpu-a-main"}, **args)
-        payload = dict(args, _ansible_check_mode=check_mode, _ansible_remote_tmp="/tmp",
-                       _ansible_keep_remote_files=False)
-        monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": payload})))
-        monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy", raising=False)
-        with pytest.raises(ModuleExit) as exited:
-            haproxy.main()
-        return exited.value
+        return run_module(monkeypatch, haproxy.main, args, check_mode=check_mode)
 
     yield start, run
     for fake in fakes:

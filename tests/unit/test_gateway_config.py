@@ -39,9 +39,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import ANSIBLE_PLAYBOOK, REPO, playbook_env
 
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 HAPROXY = shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if os.access(p, os.X_OK)), None)
 OPENSSL = shutil.which("openssl")
 TEMPLATE = Path(os.environ.get("GATEWAY_TEMPLATE") or REPO / "roles/gateway/templates/haproxy.cfg.j2")
@@ -172,9 +171,7 @@ def rendered(tmp_path_factory, material, ports):
             "dest": f"{out}/{{{{ inventory_hostname }}}}.env", "mode": "0600"}},
     ]}]
     (work / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
-               ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_RETRY_FILES_ENABLED="False", ANSIBLE_FORKS="8")
+    env = playbook_env(ANSIBLE_FORKS="8")
     result = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(work / "inventory/hosts.yml"), str(work / "play.yml")],
                             cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert result.stdout.strip(), result.stderr[-3000:]

@@ -9,7 +9,6 @@ connection and change nothing (one debug task); one points at a closed port so i
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import ANSIBLE_PLAYBOOK, REPO, playbook_env
 
 PLAYBOOK = REPO / "playbooks" / "gpu_hosts.yml"
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 
 
 def start(tmp_path: Path, extra: dict, group_vars: dict | None = None) -> subprocess.Popen:
@@ -47,9 +45,7 @@ def start(tmp_path: Path, extra: dict, group_vars: dict | None = None) -> subpro
     inventory = {"all": {"children": {"gpu_hosts": {"hosts": dict(sorted(hosts.items())),
                                                     "vars": group_vars or {}}}}}
     (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
-    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
-               ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_RETRY_FILES_ENABLED="False")
+    env = playbook_env(repo_config=False, ANSIBLE_HOST_KEY_CHECKING="False")
     return subprocess.Popen([str(ANSIBLE_PLAYBOOK), "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "play.yml"),
                              "-e", json.dumps(extra)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

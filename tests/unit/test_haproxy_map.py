@@ -7,7 +7,6 @@ up in the map names the user; an unknown token gets 401 from HAProxy itself.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import socket
 import subprocess
@@ -16,10 +15,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-from ansible.module_utils import basic
-from ansible.module_utils.common.text.converters import to_bytes
 
-from conftest import load_plugin
+from conftest import load_plugin, run_module
 
 haproxy_map = load_plugin("plugins/modules/haproxy_map.py", "haproxy_map_module")
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="Debian's haproxy is not installed")
@@ -72,23 +69,9 @@ def ask(port, token):
         return error.code, ""
 
 
-def run_module(monkeypatch, check_mode=False, **args):
-    outcome = {}
-
-    def finish(failed):
-        def _finish(self, **kwargs):
-            outcome.update(result=kwargs, failed=failed)
-            raise SystemExit(0)
-        return _finish
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", finish(False))
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", finish(True))
-    payload = dict(args, _ansible_check_mode=check_mode, _ansible_remote_tmp="/tmp", _ansible_keep_remote_files=False)
-    monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": payload})))
-    monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy", raising=False)
-    with pytest.raises(SystemExit):
-        haproxy_map.main()
-    return outcome["result"], outcome["failed"]
+def run_map(monkeypatch, check_mode=False, **args):
+    exited = run_module(monkeypatch, haproxy_map.main, args, check_mode=check_mode)
+    return exited.result, exited.failed
 
 
 def test_adding_and_revoking_users_live_without_restart(gateway, monkeypatch):
@@ -96,33 +79,33 @@ def test_adding_and_revoking_users_live_without_restart(gateway, monkeypatch):
     assert ask(port, "tok-alice") == (200, "user=alice") and ask(port, "tok-bob")[0] == 401
     wanted = {digest("tok-alice"): "alice", digest("tok-bob"): "bob"}
 
-    result, failed = run_module(monkeypatch, check_mode=True, socket=gateway["socket"], map=gateway["map"],
-                                entries=wanted)
+    result, failed = run_map(monkeypatch, check_mode=True, socket=gateway["socket"], map=gateway["map"],
+                             entries=wanted)
     assert not failed and result["changed"] and result["added"] == [digest("tok-bob")]
     assert ask(port, "tok-bob")[0] == 401, "check mode must not change the running map"
 
-    result, failed = run_module(monkeypatch, socket=gateway["socket"], map=gateway["map"], entries=wanted)
+    result, failed = run_map(monkeypatch, socket=gateway["socket"], map=gateway["map"], entries=wanted)
     assert not failed and result["changed"] and result["version"]
     assert ask(port, "tok-bob") == (200, "user=bob") and ask(port, "tok-alice") == (200, "user=alice")
 
-    result, failed = run_module(monkeypatch, socket=gateway["socket"], map=gateway["map"], entries=wanted)
+    result, failed = run_map(monkeypatch, socket=gateway["socket"], map=gateway["map"], entries=wanted)
     assert not failed and not result["changed"]
 
-    result, failed = run_module(monkeypatch, socket=gateway["socket"], map=gateway["map"],
-                                entries={digest("tok-bob"): "bob"})
+    result, failed = run_map(monkeypatch, socket=gateway["socket"], map=gateway["map"],
+                             entries={digest("tok-bob"): "bob"})
     assert not failed and result["removed"] == [digest("tok-alice")]
     assert ask(port, "tok-alice")[0] == 401 and ask(port, "tok-bob") == (200, "user=bob")
     assert gateway["proc"].poll() is None, "HAProxy kept running: no restart"
 
 
 def test_a_map_the_running_config_does_not_load_fails_with_the_fix(gateway, monkeypatch):
-    result, failed = run_module(monkeypatch, socket=gateway["socket"], map="/etc/haproxy/other.map", entries={})
+    result, failed = run_map(monkeypatch, socket=gateway["socket"], map="/etc/haproxy/other.map", entries={})
     assert failed and "/etc/haproxy/other.map" in result["msg"] and "Fix:" in result["msg"]
 
 
 def test_missing_socket(monkeypatch, tmp_path):
-    result, failed = run_module(monkeypatch, socket=str(tmp_path / "none.sock"), map="/x.map", entries={},
-                                missing_ok=True)
+    result, failed = run_map(monkeypatch, socket=str(tmp_path / "none.sock"), map="/x.map", entries={},
+                             missing_ok=True)
     assert not failed and not result["changed"]
-    result, failed = run_module(monkeypatch, socket=str(tmp_path / "none.sock"), map="/x.map", entries={})
+    result, failed = run_map(monkeypatch, socket=str(tmp_path / "none.sock"), map="/x.map", entries={})
     assert failed and "Fix:" in result["msg"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import os
 import pwd
 import shutil
 import subprocess
@@ -20,9 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import ANSIBLE_PLAYBOOK, REPO, playbook_env
 
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 REFUSE_TASK = "Preflight | Refuse bad input (nothing has been changed on this host)"
 ME = getpass.getuser()
 pytestmark = pytest.mark.skipif(not ANSIBLE_PLAYBOOK.exists(), reason="ansible-playbook not in this venv")
@@ -56,9 +54,7 @@ def run_role(tmp_path: Path, role: str, group: str, cases: dict, extra_groups: d
     play = [{"name": f"Refusals of {role}", "hosts": group, "become": False, "gather_facts": True,
              "vars": play_vars or {}, "roles": [{"role": "claude_vllm.fleet." + role}]}]
     (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
-               ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_RETRY_FILES_ENABLED="False", ANSIBLE_FORKS="8")
+    env = playbook_env(ANSIBLE_FORKS="8")
     result = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(inventory_dir / "hosts.yml"), str(tmp_path / "play.yml"),
                              "--check"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.stdout.strip(), result.stderr[-3000:]

@@ -11,10 +11,8 @@ import subprocess
 import sys
 
 import pytest
-from ansible.module_utils import basic
-from ansible.module_utils.common.text.converters import to_bytes
 
-from conftest import REPO, load_plugin, make_searchable
+from conftest import REPO, load_plugin, make_searchable, run_module
 
 smoke = load_plugin("plugins/modules/claude_code_smoke.py", "claude_code_smoke_module")
 report_filters = load_plugin("plugins/filter/smoke_report.py", "smoke_report_filters")
@@ -128,25 +126,9 @@ def test_table_shows_hosts_a_check_run_found_not_installed_without_attention():
 
 def run_smoke_module(monkeypatch, tmp_path, check_mode):
     """The module's main() with these arguments; returns (result, failed)."""
-    outcome = {}
-
-    def finish(failed):
-        def _finish(self, **kwargs):
-            outcome.update(result=kwargs, failed=failed)
-            raise SystemExit(1 if failed else 0)
-        return _finish
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", finish(False))
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", finish(True))
-    args = dict(users=["root"], doctor=str(tmp_path / "no-doctor"), claude=str(tmp_path / "no-claude"),
-                _ansible_check_mode=check_mode, _ansible_remote_tmp=str(tmp_path), _ansible_keep_remote_files=False)
-    monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args})))
-    monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy", raising=False)
-    try:
-        smoke.main()
-    except SystemExit:
-        pass
-    return outcome["result"], outcome["failed"]
+    args = dict(users=["root"], doctor=str(tmp_path / "no-doctor"), claude=str(tmp_path / "no-claude"))
+    exited = run_module(monkeypatch, smoke.main, args, check_mode=check_mode, remote_tmp=str(tmp_path))
+    return exited.result, exited.failed
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the module runs each test as its user: it needs root")
@@ -196,24 +178,10 @@ def test_a_hanging_doctor_fails_that_user_only_and_the_others_are_still_reported
                       f"echo '{report}'\n")
     doctor.chmod(0o755)
     monkeypatch.setattr(smoke, "doctor_wall_timeout", lambda module: 2)
-    outcome = {}
-
-    def finish(failed):
-        def _finish(self, **kwargs):
-            outcome.update(result=kwargs, failed=failed)
-            raise SystemExit(0)
-        return _finish
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", finish(False))
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", finish(True))
-    args = dict(users=["nobody", "daemon"], doctor=str(doctor), run_claude=False,
-                _ansible_remote_tmp=str(tmp_path), _ansible_keep_remote_files=False)
-    monkeypatch.setattr(basic, "_ANSIBLE_ARGS", to_bytes(json.dumps({"ANSIBLE_MODULE_ARGS": args})))
-    monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy", raising=False)
-    with pytest.raises(SystemExit):
-        smoke.main()
-    assert not outcome["failed"] and not outcome["result"]["ok"]
-    nobody, daemon = outcome["result"]["users"]
+    args = dict(users=["nobody", "daemon"], doctor=str(doctor), run_claude=False)
+    outcome = run_module(monkeypatch, smoke.main, args, remote_tmp=str(tmp_path))
+    assert not outcome.failed and not outcome.result["ok"]
+    nobody, daemon = outcome.result["users"]
     assert nobody["steps"]["settings"]["status"] == "FAIL"
     assert "did not finish within 2 s as nobody" in nobody["diagnosis"][0] and "Fix:" in nobody["diagnosis"][0]
     assert daemon["doctor"]["findings"][0]["problem"] == "stand-in"

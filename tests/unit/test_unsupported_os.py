@@ -7,16 +7,13 @@ inventory) with the facts of a macOS workstation given as extra vars; the first 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import ANSIBLE_PLAYBOOK, REPO, playbook_env
 
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 MACOS_FACTS = {"distribution": "MacOSX", "os_family": "Darwin", "distribution_major_version": "15",
                "distribution_version": "15.1",
                "kernel": "24.6.0", "architecture": "arm64"}
@@ -26,8 +23,7 @@ def run_role(tmp_path: Path, role: str) -> tuple[int, dict]:
     play = [{"name": "Apply one role", "hosts": "localhost", "gather_facts": False,
              "tasks": [{"name": "Apply the role", "ansible.builtin.include_role": {"name": "claude_vllm.fleet." + role}}]}]
     (tmp_path / "play.yml").write_text(json.dumps(play))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
-               ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"), ANSIBLE_NOCOLOR="1")
+    env = playbook_env()
     result = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(REPO / "inventory" / "default"),
                              str(tmp_path / "play.yml"), "-e", json.dumps({"ansible_facts": MACOS_FACTS})],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -9,49 +9,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import REPO, load_plugin
+from conftest import REPO, VllmStandIn, load_plugin, serve
 
 ready = load_plugin("plugins/modules/vllm_ready.py", "vllm_ready_module")
 
 
-class FakeVllmServer(BaseHTTPRequestHandler):
-    """Answers /health and /v1/models the way vLLM's OpenAI server does (a real HTTP server)."""
-
-    served = ["Qwen3.5-27B"]
-    token = None
-
-    def do_GET(self):  # noqa: N802 (http.server's naming)
-        if self.path == "/health":
-            self._answer(200, b"")
-        elif self.path == "/v1/models":
-            if self.token and self.headers.get("Authorization") != f"Bearer {self.token}":
-                self._answer(401, b'{"error": "Unauthorized"}')
-            else:
-                data = [{"id": name, "object": "model", "max_model_len": 32768} for name in self.served]
-                self._answer(200, json.dumps({"object": "list", "data": data}).encode())
-        else:
-            self._answer(404, b"")
-
-    def _answer(self, status, body):
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_args):
-        pass
+class FakeVllmServer(VllmStandIn):
+    """The stand-in vLLM; a test changes what it serves and the token it wants (reset after each test)."""
 
 
 @pytest.fixture()
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeVllmServer)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)  # quick shutdown
-    thread.start()
+    httpd = serve(FakeVllmServer)
     yield httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
     FakeVllmServer.served, FakeVllmServer.token = ["Qwen3.5-27B"], None

@@ -10,55 +10,25 @@ address would not); the wait must find it within seconds. A wildcard vllm_host i
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import ANSIBLE_PLAYBOOK, VllmStandIn, playbook_env, serve
 
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 SERVED = "Qwen3.5-27B"
 TOKEN = "ready-address-token"
 pytestmark = pytest.mark.skipif(not ANSIBLE_PLAYBOOK.exists(), reason="ansible-playbook not in this venv")
 
 
-class StandIn(BaseHTTPRequestHandler):
+class StandIn(VllmStandIn):
     """/health and /v1/models as vLLM answers them, with the token enforced."""
 
-    def do_GET(self):  # noqa: N802 (http.server's naming)
-        if self.path == "/health":
-            self._answer(200, b"")
-        elif self.path == "/v1/models" and self.headers.get("Authorization") == f"Bearer {TOKEN}":
-            self._answer(200, json.dumps({"data": [{"id": SERVED, "max_model_len": 32768}]}).encode())
-        else:
-            self._answer(401 if self.path == "/v1/models" else 404, b"")
-
-    def _answer(self, status, body):
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_args):
-        pass
-
-
-class IPv6Server(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-
-
-def _serve(address: str):
-    server_class = IPv6Server if ":" in address else ThreadingHTTPServer
-    httpd = server_class((address, 0), StandIn)
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    return httpd
+    served = [SERVED]
+    token = TOKEN
 
 
 def _ipv6_loopback() -> bool:
@@ -75,7 +45,7 @@ def test_the_wait_asks_the_address_the_server_listens_on(tmp_path):
     cases = {"interface_address": ("127.0.0.2", "127.0.0.2"), "wildcard": ("0.0.0.0", "127.0.0.1")}
     if _ipv6_loopback():
         cases["ipv6_address"] = ("::1", "::1")
-    servers = {name: _serve(listen) for name, (_host, listen) in cases.items()}
+    servers = {name: serve(StandIn, listen) for name, (_host, listen) in cases.items()}
     try:
         local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
         hosts = {name: dict(local, vllm_host=host, served_model_name=SERVED, llm_api_token=TOKEN,
@@ -90,9 +60,7 @@ def test_the_wait_asks_the_address_the_server_listens_on(tmp_path):
             {"name": "Run the role's ready.yml",
              "ansible.builtin.include_role": {"name": "claude_vllm.fleet.vllm", "tasks_from": "ready.yml"}}]}]
         (tmp_path / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
-        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
-                   ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"), ANSIBLE_NOCOLOR="1",
-                   ANSIBLE_RETRY_FILES_ENABLED="False", ANSIBLE_FORKS="8")
+        env = playbook_env(ANSIBLE_FORKS="8")
         result = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "play.yml")],
                                 cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     finally:

@@ -8,8 +8,6 @@ preflight, run as root) was hidden from the service and vLLM failed at start.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 import subprocess
@@ -19,9 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import ANSIBLE_PLAYBOOK, REPO, playbook_env
 
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 RO_TMPFS = "TemporaryFileSystem=/home:ro /root:ro /run/user:ro"
 pytestmark = pytest.mark.skipif(not ANSIBLE_PLAYBOOK.exists(), reason="ansible-playbook not in this venv")
@@ -66,9 +63,7 @@ def units(tmp_path_factory):
          "loop": "{{ __vllm_instance_list }}"},
     ]}]
     (work / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
-               ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_RETRY_FILES_ENABLED="False", ANSIBLE_FORKS="8")
+    env = playbook_env(ANSIBLE_FORKS="8")
     result = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(work / "inventory/hosts.yml"), str(work / "play.yml")],
                             cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
