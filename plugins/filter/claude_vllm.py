@@ -33,6 +33,7 @@ from ansible_collections.claude_vllm.fleet.plugins.module_utils.fleet_contract i
     base_url_problem,
     claude_max_output_tokens,
     context_tokens_problem,
+    fleet_base_url,
     fleet_rule_problems,
     gateway_server_name,
     max_model_len_problem,
@@ -362,6 +363,7 @@ class FilterModule:
             "gateway_stats_problems": gateway_stats_problems,
             "tls_names_problem": tls_names_problem,
             "fleet_rule_problems": fleet_rule_problems,
+            "fleet_base_url": fleet_base_url,
             "tier_model_env": tier_model_env,
             "gateway_server_name": gateway_server_name,
         }

@@ -38,6 +38,24 @@ def gateway_server_name(host, instance=DEFAULT_INSTANCE):
     return f"{host}-{instance}"
 
 
+def fleet_base_url(groups, hostvars, vllm_port):
+    """The root URL Claude Code talks to, derived from the inventory: scheme://host:port, never a path.
+
+    The first host of `gateways` when that group has hosts (https when its gateway_tls_certificate is set,
+    port gateway_port), else the first host of `gpu_hosts` (or this machine) on vllm_port. The address is
+    the host's ansible_host when it has one; localhost is 127.0.0.1.
+    """
+    gateways = list(groups.get("gateways") or [])
+    servers = list(groups.get("gpu_hosts") or [])
+    host = gateways[0] if gateways else (servers[0] if servers else "localhost")
+    values = hostvars[host] if host in hostvars else {}
+    address = "127.0.0.1" if host in ("localhost", "127.0.0.1") else (values.get("ansible_host") or host)
+    if gateways:
+        scheme = "https" if values.get("gateway_tls_certificate") else "http"
+        return f"{scheme}://{address}:{values.get('gateway_port') or vllm_port}"
+    return f"http://{address}:{vllm_port}"
+
+
 def tier_model_env(served_model_name):
     """ANTHROPIC_DEFAULT_<TIER>_MODEL for every tier alias, each mapped to the served name."""
     return {f"ANTHROPIC_DEFAULT_{alias.upper()}_MODEL": served_model_name for alias in MODEL_ALIASES}

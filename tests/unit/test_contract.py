@@ -126,3 +126,21 @@ def test_a_new_rule_runs_wherever_its_inputs_are_passed(monkeypatch):
                                        else "")
     assert contract.fleet_rule_problems({"served_model_name": "llama"}) == ["served_model_name: no Qwen. Fix: ..."]
     assert contract.fleet_rule_problems({"vllm_port": 8000}) == []
+
+
+# ------------------------------------------------------------------ the base URL the inventory derives
+@pytest.mark.parametrize("groups, hostvars, expected", [
+    ({}, {}, "http://127.0.0.1:8000"),
+    ({"gpu_hosts": ["gpu-a", "gpu-b"]}, {"gpu-a": {"ansible_host": "10.0.0.5"}}, "http://10.0.0.5:8000"),
+    ({"gpu_hosts": ["gpu-a"], "gateways": ["gw"]}, {"gw": {"gateway_port": 443, "gateway_tls_certificate": "PEM"}},
+     "https://gw:443"),
+    ({"gpu_hosts": ["gpu-a"], "gateways": ["gw"]}, {"gw": {"ansible_host": "10.0.0.9"}}, "http://10.0.0.9:8000"),
+])
+def test_the_inventory_derives_a_root_base_url_the_rules_accept(groups, hostvars, expected):
+    url = contract.fleet_base_url(groups, hostvars, 8000)
+    assert url == expected and contract.base_url_problem(url) == ""
+
+
+def test_the_bundled_inventory_uses_the_contracts_base_url():
+    shared = yaml.safe_load((REPO / "inventory/default/group_vars/all.yml").read_text())
+    assert "claude_vllm.fleet.fleet_base_url" in shared["anthropic_base_url"]
