@@ -15,4 +15,10 @@ options:
       - The default is the fleet contract's (the gateway role's C(gateway_admin_socket) default).
     type: path
     default: {GATEWAY_ADMIN_SOCKET}
+  missing_ok:
+    description:
+      - Succeed without change when the socket, or what the task names through it (a map, a backend, a
+        server), does not exist; a gateway not set up yet, or not yet listing a new server.
+    type: bool
+    default: false
 """

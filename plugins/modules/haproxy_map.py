@@ -26,10 +26,6 @@ options:
     description: Wanted entries, key to value. Keys and values must not hold whitespace.
     type: dict
     required: true
-  missing_ok:
-    description: Succeed without change when the socket does not exist (HAProxy not started yet).
-    type: bool
-    default: false
 extends_documentation_fragment:
   - claude_vllm.fleet.haproxy_runtime
 author:

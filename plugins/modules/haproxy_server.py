@@ -37,12 +37,6 @@ options:
     description: Seconds to wait before failing.
     type: int
     default: 600
-  missing_ok:
-    description: >-
-      Succeed without change when the socket, the backend or the server does not exist (a gateway not yet
-      set up, or not yet listing a new server).
-    type: bool
-    default: false
 extends_documentation_fragment:
   - claude_vllm.fleet.haproxy_runtime
 author:
