@@ -29,6 +29,14 @@ WHEEL_PYTHON = (3, 11)
 TORCH_WHEEL_GLOB = "torch-2.13.0+cpu-cp311-*.whl"
 
 
+def default_cache_dir() -> Path:
+    """Where the test assets are cached: FLEET_CACHE_DIR, by default ~/.cache/claude-vllm-fleet.
+
+    molecule/resources/create.yml defaults the same way for the scenarios' bind mounts.
+    """
+    return Path(os.environ.get("FLEET_CACHE_DIR") or Path.home() / ".cache" / "claude-vllm-fleet")
+
+
 def log(message: str) -> None:
     print(f"[test-assets] {message}", flush=True)
 
@@ -113,6 +121,5 @@ def ensure_all(cache: Path) -> dict[str, Path]:
 
 
 if __name__ == "__main__":
-    default_cache = Path.home() / ".cache" / "claude-vllm-fleet"
-    for name, path in ensure_all(Path(os.environ.get("FLEET_CACHE_DIR", default_cache))).items():
+    for name, path in ensure_all(default_cache_dir()).items():
         print(f"{name}: {path}")
