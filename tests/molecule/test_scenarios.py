@@ -6,7 +6,8 @@ and the short ones fill the gaps. Lanes start when the first scenario test start
 for its own scenario's result. Every scenario has its own containers, network and log.
 
 The output of each run goes to .cache/logs/molecule-<scenario>.log; a failing run shows its tail.
-MOLECULE_SCENARIOS=a,b limits the run to those scenarios.
+MOLECULE_SCENARIOS=a,b limits the run to those scenarios. Each run gets FLEET_CACHE_DIR, the test
+cache its bind mounts come from (tools/test_assets.py's default when it is not set).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_plugin
 
 LOG_DIR = REPO / ".cache" / "logs"
+CACHE = load_plugin("tools/test_assets.py", "fleet_test_assets").default_cache_dir()
 
 # Minutes each scenario took on a 2-core machine run alone (CI figures): only used to balance the lanes.
 EXPECTED_MINUTES = {"rollout": 26, "e2e": 19, "vllm": 13, "claude_code": 5, "nvidia_cuda": 3}
@@ -49,7 +51,7 @@ def run_scenario(scenario):
     """One `molecule test -s scenario`: (rc, seconds, log path)."""
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = LOG_DIR / f"molecule-{scenario}.log"
-    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", PY_COLORS="0", NO_COLOR="1")
+    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", PY_COLORS="0", NO_COLOR="1", FLEET_CACHE_DIR=str(CACHE))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     started = time.monotonic()
     with open(log, "w") as handle:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_plugin
 
-CACHE = Path(os.environ.get("FLEET_CACHE_DIR", Path.home() / ".cache" / "claude-vllm-fleet"))
+CACHE = load_plugin("tools/test_assets.py", "fleet_test_assets").default_cache_dir()
 MODEL_VENV_PYTHON = CACHE / "model-venv" / "bin" / "python"
 BUILDER = REPO / "tests" / "fixtures" / "tiny_model" / "build_tiny_model.py"
 NEEDED = ("torch", "transformers", "tokenizers", "safetensors")

