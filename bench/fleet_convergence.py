@@ -26,8 +26,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import REPO, header  # noqa: E402
 
+sys.path.insert(0, str(REPO / "tools"))
+import test_assets  # noqa: E402
+
 IMAGE = "claude-vllm-fleet/debian12-systemd:latest"
-NPM_CACHE = Path(os.environ.get("FLEET_CACHE_DIR", Path.home() / ".cache" / "claude-vllm-fleet")) / "npm"
+NPM_CACHE = test_assets.default_cache_dir() / "npm"
 
 
 def start_containers(count: int) -> list[str]:

