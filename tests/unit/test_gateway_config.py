@@ -39,6 +39,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ansible_collections.claude_vllm.fleet.plugins.module_utils import fleet_contract as contract
 from conftest import ANSIBLE_PLAYBOOK, REPO, playbook_env
 
 HAPROXY = shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if os.access(p, os.X_OK)), None)
@@ -591,7 +592,7 @@ def test_runtime_socket_and_logging_work_inside_the_chroot(gateway, rendered):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(10)
         client.connect(rendered["live"]["cfg"].split("stats socket ", 1)[1].split()[0])
-        client.sendall(b"show servers state vllm\n")
+        client.sendall(f"show servers state {contract.GATEWAY_BACKEND}\n".encode())
         state = b""
         while chunk := client.recv(4096):
             state += chunk
