@@ -87,3 +87,15 @@ def test_the_built_collection_serves_a_playbook_outside_the_repository(tmp_path)
                            cwd=tmp_path, env=dict(env, ANSIBLE_COLLECTIONS_PATH=str(installed)),
                            capture_output=True, text=True, timeout=300)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize("tag, role", [("cuda", "nvidia_cuda"), ("vllm", "vllm"), ("gateway", "gateway"),
+                                       ("workstation", "claude_code")])
+def test_a_tag_runs_only_its_own_roles_preflight(tag, role):
+    """site.yml --tags X must not run another role's preflight (an `always` task there once failed such runs)."""
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    listed = subprocess.run([str(ANSIBLE_PLAYBOOK), "site.yml", "--tags", tag, "--list-tasks"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    owners = {line.split()[0] for line in listed.stdout.splitlines() if "Preflight |" in line}
+    assert owners == {f"{FQCN}.{role}"}, owners
