@@ -245,7 +245,8 @@ def _set_block(name, kind, elements, interval):
 def fleet_access_ruleset(spec):
     """The nftables ruleset (text for `nft -f`) that lets only loopback and the allowed sources reach the ports.
 
-    spec: {table: name (default claude_vllm_fleet), ports: [8000, ...], sources: [...], resolved: {name: [...]}}.
+    spec: {table: name (default claude_vllm_fleet), ports: [8000, ...], sources: [...], resolved: {name: [...]},
+    what: the ports' kind, naming the set and the chain (default vllm: set vllm_ports, chain vllm_access)}.
     Its own `inet` table, replaced atomically on every load (declare, delete, define in one transaction), so a
     reload never leaves the ports open and never touches anyone else's tables. Connections to other ports are
     not looked at. Loopback covers this host's own addresses (packets to them arrive on lo). Everything else
@@ -255,6 +256,9 @@ def fleet_access_ruleset(spec):
     table = spec.get("table") or "claude_vllm_fleet"
     if not isinstance(table, str) or not TABLE_PATTERN.match(table):
         raise ValueError(f"fleet_access_ruleset: table name {table!r} must be letters, digits and '_'")
+    what = spec.get("what") or "vllm"
+    if not isinstance(what, str) or not TABLE_PATTERN.match(what):
+        raise ValueError(f"fleet_access_ruleset: 'what' {what!r} must be letters, digits and '_'")
     ports = _ports(spec.get("ports"))
     sources = list(spec.get("sources") or [])
     resolved = spec.get("resolved") or {}
@@ -271,14 +275,14 @@ def fleet_access_ruleset(spec):
                  for network in _networks_of(source, resolved)]
         lines.append(f"#   {_printable(source)}: " + (", ".join(found) if found else "does not resolve here: left out"))
     lines += [f"table inet {table}", f"delete table inet {table}", f"table inet {table} {{"]
-    lines += _set_block("vllm_ports", "inet_service", [str(port) for port in ports], interval=False)
+    lines += _set_block(f"{what}_ports", "inet_service", [str(port) for port in ports], interval=False)
     lines += _set_block("allowed_ipv4", "ipv4_addr", addresses["ipv4"], interval=True)
     lines += _set_block("allowed_ipv6", "ipv6_addr", addresses["ipv6"], interval=True)
     lines += ["\tchain input {",
               "\t\ttype filter hook input priority filter; policy accept;",
-              "\t\ttcp dport @vllm_ports jump vllm_access",
+              f"\t\ttcp dport @{what}_ports jump {what}_access",
               "\t}",
-              "\tchain vllm_access {",
+              f"\tchain {what}_access {{",
               '\t\tiif "lo" accept',
               "\t\tip saddr @allowed_ipv4 accept",
               "\t\tip6 saddr @allowed_ipv6 accept",

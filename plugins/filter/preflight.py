@@ -8,6 +8,8 @@ variable, the problem and the fix; the role refuses with all of them at once, be
 
 from __future__ import annotations
 
+import re
+
 from ansible_collections.claude_vllm.fleet.plugins.filter.claude_vllm import (
     extra_env_problems,
     gateway_allowed_requests_problems,
@@ -44,8 +46,8 @@ description:
   - C(vllm_preflight_problems(inputs)) returns the list of messages (variable, problem, fix) for the vllm role;
     empty when the inputs are fine. The keys are the role's variable names, plus the facts the role gathered
     (C(host), C(nvidia_gpu_count), C(workstation_count), C(missing_models), C(model_access_report)).
-  - C(claude_code_preflight_problems(inputs)) and C(gateway_preflight_problems(inputs)) do the same for the
-    claude_code and gateway roles.
+  - C(claude_code_preflight_problems(inputs)), C(gateway_preflight_problems(inputs)) and
+    C(monitoring_preflight_problems(inputs)) do the same for the claude_code, gateway and monitoring roles.
   - Every field-notes rule of the fleet contract whose inputs are in the dict runs too.
 """
 
@@ -180,6 +182,14 @@ def gateway_preflight_problems(inputs):
     problems.append(tls_names_problem(inputs.get("gateway_tls_ciphers"), "gateway_tls_ciphers"))
     problems.append(tls_names_problem(inputs.get("gateway_tls_ciphersuites"), "gateway_tls_ciphersuites",
                                       "TLS_AES_128_GCM_SHA256"))
+    if inputs.get("gateway_metrics_sources"):
+        metrics_port = inputs.get("gateway_metrics_port")
+        problems.append(port_problem(metrics_port, "gateway_metrics_port"))
+        if str(metrics_port) == str(port):
+            problems.append(f"gateway_metrics_port and gateway_port are both {port}: the exporter needs its own "
+                            f"listener, which only the monitoring hosts reach. Fix: keep gateway_metrics_port "
+                            f"at 8405 (or any other free port).")
+        problems += fleet_access_source_problems(inputs["gateway_metrics_sources"], "gateway_metrics_sources")
     problems += gateway_server_problems(servers, vllm_port)
     problems += gateway_allowed_requests_problems(inputs.get("gateway_allowed_requests"))
     problems += gateway_stats_problems(inputs.get("gateway_stats_listen"), inputs.get("gateway_stats_user"),
@@ -187,9 +197,64 @@ def gateway_preflight_problems(inputs):
     return [problem for problem in problems if problem]
 
 
+PROMETHEUS_DURATION = re.compile(r"(?:[0-9]+(?:ms|s|m|h|d|w|y))+")
+MONITORING_DURATIONS = ("monitoring_scrape_interval", "monitoring_evaluation_interval", "monitoring_retention",
+                        "monitoring_alert_rate_window", "monitoring_alert_target_down_for",
+                        "monitoring_alert_served_name_for", "monitoring_alert_gateway_no_server_for",
+                        "monitoring_alert_queue_time_for", "monitoring_alert_kv_cache_usage_for",
+                        "monitoring_alert_ttft_p95_for", "monitoring_alert_gateway_5xx_for",
+                        "monitoring_alert_disk_free_for", "monitoring_alert_smoke_failed_for",
+                        "monitoring_alert_smoke_max_age")
+MONITORING_RATIOS = ("monitoring_alert_kv_cache_usage_ratio", "monitoring_alert_gateway_5xx_ratio",
+                     "monitoring_alert_disk_free_ratio")
+MONITORING_SECONDS = ("monitoring_alert_queue_time_seconds", "monitoring_alert_ttft_p95_seconds")
+
+
+def _number(value):
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def monitoring_preflight_problems(inputs):
+    """The monitoring role's refusals: the keys are its variables, plus host and scrape_configs."""
+    problems = []
+    for variable in ("monitoring_port", "monitoring_node_exporter_port"):
+        if variable in inputs:
+            problems.append(port_problem(inputs[variable], variable))
+    if "monitoring_port" in inputs and str(inputs.get("monitoring_port")) == str(inputs.get("monitoring_node_exporter_port")):
+        problems.append(f"monitoring_port and monitoring_node_exporter_port are both {inputs['monitoring_port']}: "
+                        f"Prometheus and the node exporter cannot listen on one port. Fix: keep 9090 and 9100.")
+    for variable in MONITORING_DURATIONS:
+        if variable in inputs and not PROMETHEUS_DURATION.fullmatch(str(inputs[variable])):
+            problems.append(f"{variable} ({inputs[variable]!r}) is not a Prometheus duration. Fix: a number with a "
+                            f"unit, e.g. 30s, 5m, 2h or 1d (units ms, s, m, h, d, w, y; no spaces, no decimals).")
+    for variable in MONITORING_RATIOS:
+        if variable in inputs:
+            value = _number(inputs[variable])
+            if value is None or not 0 < value <= 1:
+                problems.append(f"{variable} ({inputs[variable]!r}) must be a ratio above 0 and at most 1. Fix: "
+                                f"e.g. 0.9 for 90%.")
+    for variable in MONITORING_SECONDS:
+        if variable in inputs:
+            value = _number(inputs[variable])
+            if value is None or value <= 0:
+                problems.append(f"{variable} ({inputs[variable]!r}) must be a number of seconds above 0. Fix: e.g. 10.")
+    if "monitoring_allowed_sources" in inputs:
+        problems += fleet_access_source_problems(inputs["monitoring_allowed_sources"], "monitoring_allowed_sources")
+    if "scrape_configs" in inputs and not inputs["scrape_configs"]:
+        problems.append("The inventory has no gpu_hosts, gateways or monitoring hosts to scrape. Fix: add the "
+                        "fleet's hosts to the inventory this monitoring host is configured from.")
+    return [problem for problem in problems if problem]
+
+
 class FilterModule:
     def filters(self):
         return {
+            "monitoring_preflight_problems": monitoring_preflight_problems,
             "vllm_preflight_problems": vllm_preflight_problems,
             "claude_code_preflight_problems": claude_code_preflight_problems,
             "gateway_preflight_problems": gateway_preflight_problems,

@@ -86,7 +86,7 @@ def vllm_missing_model_problem(path, host):
 def gateway_servers(hostvars, hosts, default_port=8000):
     """The servers a gateway sends requests to: every vLLM instance of every host, as HAProxy servers.
 
-    Each is {name: HOST-INSTANCE, host, address (ansible_host or the name), port}. Inventory variables
+    Each is {name: HOST-INSTANCE, host, instance, address (ansible_host or the name), port}. Inventory variables
     are read through hostvars (vllm_instances, vllm_port); a host without vllm_instances has the role's
     default single instance (DEFAULT_INSTANCE) on vllm_port.
     """
@@ -108,6 +108,7 @@ def gateway_servers(hostvars, hosts, default_port=8000):
             servers.append({
                 "name": gateway_server_name(host, instance.get("name", DEFAULT_INSTANCE)),
                 "host": host,
+                "instance": instance.get("name", DEFAULT_INSTANCE),
                 "address": get("ansible_host", None) or host,
                 "port": instance_port,
             })

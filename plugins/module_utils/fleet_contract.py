@@ -410,6 +410,14 @@ def fleet_rule_problems(inputs):
     return problems
 
 
+# Monitoring (role monitoring): the optional inventory group of the Prometheus hosts, the ports of the
+# exporters it scrapes, and the scrape jobs' names (the alert rules and the dashboard select on them).
+MONITORING_GROUP = "monitoring"
+NODE_EXPORTER_PORT = 9100
+GATEWAY_METRICS_PORT = 8405
+SCRAPE_JOBS = {"vllm": "vllm", "gateway": "haproxy", "node": "node"}
+
+
 # What the lookup claude_vllm.fleet.fleet_contract answers: the contract's values, by name.
 CONTRACT = {
     "gateway_backend": GATEWAY_BACKEND,
@@ -419,4 +427,8 @@ CONTRACT = {
     "claude_code_default_max_output_tokens": CLAUDE_CODE_DEFAULT_MAX_OUTPUT_TOKENS,
     "model_aliases": list(MODEL_ALIASES),
     "served_name_max_length": SERVED_NAME_MAX_LENGTH,
+    "monitoring_group": MONITORING_GROUP,
+    "node_exporter_port": NODE_EXPORTER_PORT,
+    "gateway_metrics_port": GATEWAY_METRICS_PORT,
+    "scrape_jobs": dict(SCRAPE_JOBS),
 }

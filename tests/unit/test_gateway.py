@@ -49,9 +49,9 @@ def test_servers_cover_every_instance_of_every_host():
         "gpu-b": {"vllm_port": 9000, "vllm_instances": [{"name": "left", "port": 9001}, {"name": "right"}]},
     }
     assert instances.gateway_servers(hostvars, ["gpu-a", "gpu-b", "gone"], 8000) == [
-        {"name": "gpu-a-main", "host": "gpu-a", "address": "10.0.0.1", "port": 8000},
-        {"name": "gpu-b-left", "host": "gpu-b", "address": "gpu-b", "port": 9001},
-        {"name": "gpu-b-right", "host": "gpu-b", "address": "gpu-b", "port": 9000},
+        {"name": "gpu-a-main", "host": "gpu-a", "instance": "main", "address": "10.0.0.1", "port": 8000},
+        {"name": "gpu-b-left", "host": "gpu-b", "instance": "left", "address": "gpu-b", "port": 9001},
+        {"name": "gpu-b-right", "host": "gpu-b", "instance": "right", "address": "gpu-b", "port": 9000},
     ]
 
 
