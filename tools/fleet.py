@@ -12,6 +12,7 @@ cached, so a second run costs seconds:
   newest Python 3.11+ found on the machine (ansible-core 2.19 on 3.11, newer on 3.12+);
 - the collections Molecule needs, copied out of the ``ansible`` wheel on PyPI (no Galaxy);
 - for tests: Debian's ``haproxy``, ``openssl``, ``nftables`` and ``iproute2`` (the unit tests run the gateway's configuration and the servers' packet filter),
+  ``promtool`` from Debian's ``prometheus`` package (the lint step checks and unit-tests the alert rules),
   a Docker engine (Debian's ``docker.io``, started in the background when none
   answers) and the Debian 12 / 13 systemd base images, built with debootstrap because no
   image registry is reachable, plus a Debian 12 image with the vllm role's install already done
@@ -188,6 +189,34 @@ def ensure_test_programs() -> None:
         apt_install(*missing)
 
 
+# promtool checks and unit-tests the monitoring role's alert rules and the dashboard's queries in the lint
+# step (tests/lint/test_monitoring_rules.py). Debian ships it only inside its prometheus package, whose
+# install would start a Prometheus server here: the package is downloaded from the apt mirror and only
+# promtool is taken out of it, into the venv (cached per package version).
+PROMTOOL_PACKAGE = "prometheus"
+
+
+def ensure_promtool() -> None:
+    target = VENV / "bin" / "promtool"
+    if target.exists() and quiet_ok([str(target), "--version"]):
+        return
+    with tempfile.TemporaryDirectory(prefix="fleet-promtool-") as work:
+        os.chmod(work, 0o755)  # apt's download user (_apt) writes into it
+        download = ["apt-get", "download", "-qq", PROMTOOL_PACKAGE]
+        if subprocess.run(download, cwd=work, capture_output=True).returncode != 0:
+            run(["apt-get", "update", "-qq"], stdout=subprocess.DEVNULL)
+            run(download, cwd=work, stdout=subprocess.DEVNULL)
+        package = next(Path(work).glob(f"{PROMTOOL_PACKAGE}_*.deb"))
+        cached = CACHE / "promtool" / package.stem / "promtool"
+        if not cached.exists():
+            log(f"taking promtool out of {package.name}")
+            run(["dpkg-deb", "-x", str(package), str(Path(work, "root"))])
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(Path(work, "root", "usr", "bin", "promtool"), cached)
+    shutil.copy2(cached, target)
+    run([str(target), "--version"], stdout=subprocess.DEVNULL)
+
+
 def ensure_docker_engine() -> None:
     if quiet_ok(["docker", "info"]):
         return
@@ -303,6 +332,7 @@ def setup(for_tests: bool) -> None:
     ensure_collections()
     if for_tests:
         ensure_test_programs()
+        ensure_promtool()
         ensure_docker_engine()
         ensure_base_images()
         assets = test_assets.ensure_all(CACHE)

@@ -14,12 +14,14 @@ short_description: A value both sides of a role boundary must agree on, from its
 description:
   - Returns the contract values written once in C(plugins/module_utils/fleet_contract.py), so that the vllm
     and gateway roles (backend name, runtime socket), the claude_code and vllm roles (Claude Code's prompt
-    reserve) and the modules read the same value.
+    reserve), the smoke run and the monitoring role (the smoke result's metric names) and the modules read the
+    same value.
   - An unknown name fails with the list of known ones.
 options:
   _terms:
     description: Names of contract values (C(gateway_backend), C(gateway_admin_socket), C(default_instance),
-      C(prompt_token_reserve), C(claude_code_default_max_output_tokens), C(model_aliases), C(served_name_max_length)).
+      C(prompt_token_reserve), C(claude_code_default_max_output_tokens), C(model_aliases), C(served_name_max_length),
+      C(smoke_success_metric), C(smoke_timestamp_metric)).
     required: true
     type: list
     elements: str

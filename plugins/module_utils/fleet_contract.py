@@ -31,6 +31,11 @@ DEFAULT_INSTANCE = "main"
 PROMPT_TOKEN_RESERVE = 25000
 # The three tier aliases Claude Code resolves through ANTHROPIC_DEFAULT_<TIER>_MODEL.
 MODEL_ALIASES = ("sonnet", "opus", "haiku")
+# The smoke run's result per workstation and user, written as node-exporter textfile metrics on the monitoring
+# host (labels workstation, user) and read by the monitoring role's alert rules and dashboard: 1 or 0, and the
+# Unix time of the run.
+SMOKE_SUCCESS_METRIC = "claude_vllm_fleet_smoke_success"
+SMOKE_TIMESTAMP_METRIC = "claude_vllm_fleet_smoke_last_run_timestamp_seconds"
 
 
 def gateway_server_name(host, instance=DEFAULT_INSTANCE):
@@ -431,4 +436,6 @@ CONTRACT = {
     "node_exporter_port": NODE_EXPORTER_PORT,
     "gateway_metrics_port": GATEWAY_METRICS_PORT,
     "scrape_jobs": dict(SCRAPE_JOBS),
+    "smoke_success_metric": SMOKE_SUCCESS_METRIC,
+    "smoke_timestamp_metric": SMOKE_TIMESTAMP_METRIC,
 }
