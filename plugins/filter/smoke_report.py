@@ -8,9 +8,17 @@ smoke_table(hostvars, hosts, fact)
 smoke_needs_attention(hostvars, hosts, fact)
     The names of the hosts with a failed user or no result at all (not those a check-mode run found
     not installed yet).
+smoke_metrics(result, workstation, timestamp)
+    One workstation's result as node-exporter textfile metrics (Prometheus text format): per user, 1 or 0
+    and the Unix time of the run, under the fleet contract's metric names.
 """
 
 from __future__ import annotations
+
+from ansible_collections.claude_vllm.fleet.plugins.module_utils.fleet_contract import (
+    SMOKE_SUCCESS_METRIC,
+    SMOKE_TIMESTAMP_METRIC,
+)
 
 DOCUMENTATION = r"""
 name: smoke_report
@@ -20,6 +28,8 @@ description:
     failure with its diagnosis, the hosts not tested yet, and the hosts that gave no result.
   - C(smoke_needs_attention(hostvars, hosts, fact)) returns the names of the hosts with a failed user
     or no result at all.
+  - C(smoke_metrics(result, workstation, timestamp)) returns one workstation's result as node-exporter textfile
+    metrics (per user 1 or 0, and the time of the run), which the monitoring role's alerts and dashboard read.
 """
 
 STEPS = (("settings", "settings"), ("models", "GET /v1/models"), ("messages", "POST /v1/messages"),
@@ -100,6 +110,25 @@ def smoke_needs_attention(hostvars, hosts, fact="claude_code_smoke_result"):
     return attention
 
 
+def _label(value):
+    """A Prometheus label value: backslash, double quote and newline escaped."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def smoke_metrics(result, workstation, timestamp):
+    users = (result or {}).get("users") or []
+    lines = [f"# HELP {SMOKE_SUCCESS_METRIC} 1 when the user's last smoke test (doctor and claude -p) passed, else 0.",
+             f"# TYPE {SMOKE_SUCCESS_METRIC} gauge"]
+    lines += [f'{SMOKE_SUCCESS_METRIC}{{workstation="{_label(workstation)}",user="{_label(user.get("user", ""))}"}} '
+              f'{1 if user.get("ok") else 0}' for user in users]
+    lines += [f"# HELP {SMOKE_TIMESTAMP_METRIC} Unix time of the user's last smoke test.",
+              f"# TYPE {SMOKE_TIMESTAMP_METRIC} gauge"]
+    lines += [f'{SMOKE_TIMESTAMP_METRIC}{{workstation="{_label(workstation)}",user="{_label(user.get("user", ""))}"}} '
+              f'{int(float(timestamp))}' for user in users]
+    return "\n".join(lines) + "\n"
+
+
 class FilterModule:
     def filters(self):
-        return {"smoke_table": smoke_table, "smoke_needs_attention": smoke_needs_attention}
+        return {"smoke_table": smoke_table, "smoke_needs_attention": smoke_needs_attention,
+                "smoke_metrics": smoke_metrics}

@@ -36,6 +36,9 @@ MODEL_ALIASES = ("sonnet", "opus", "haiku")
 # Unix time of the run.
 SMOKE_SUCCESS_METRIC = "claude_vllm_fleet_smoke_success"
 SMOKE_TIMESTAMP_METRIC = "claude_vllm_fleet_smoke_last_run_timestamp_seconds"
+# Where the smoke run writes them on each monitoring host: the node exporter's textfile directory, which the
+# monitoring role passes to the exporter (--collector.textfile.directory).
+NODE_EXPORTER_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 
 
 def gateway_server_name(host, instance=DEFAULT_INSTANCE):
@@ -438,4 +441,5 @@ CONTRACT = {
     "scrape_jobs": dict(SCRAPE_JOBS),
     "smoke_success_metric": SMOKE_SUCCESS_METRIC,
     "smoke_timestamp_metric": SMOKE_TIMESTAMP_METRIC,
+    "node_exporter_textfile_dir": NODE_EXPORTER_TEXTFILE_DIR,
 }

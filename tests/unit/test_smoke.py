@@ -186,3 +186,25 @@ def test_a_hanging_doctor_fails_that_user_only_and_the_others_are_still_reported
     assert "did not finish within 2 s as nobody" in nobody["diagnosis"][0] and "Fix:" in nobody["diagnosis"][0]
     assert daemon["doctor"]["findings"][0]["problem"] == "stand-in"
     assert processes_with("sleep 302") == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The smoke result as node-exporter textfile metrics (the monitoring role's alerts and dashboard read them)
+
+def test_smoke_metrics_one_line_per_user_and_parseable_by_promtool(tmp_path):
+    import shutil
+
+    report = load_plugin("plugins/filter/smoke_report.py", "smoke_report_metrics")
+    text = report.smoke_metrics({"users": [{"user": "alice", "ok": True}, {"user": 'b"o\\b', "ok": False}]},
+                                "ws-1", 1764590000.7)
+    assert 'claude_vllm_fleet_smoke_success{workstation="ws-1",user="alice"} 1\n' in text
+    assert 'claude_vllm_fleet_smoke_success{workstation="ws-1",user="b\\"o\\\\b"} 0\n' in text
+    assert 'claude_vllm_fleet_smoke_last_run_timestamp_seconds{workstation="ws-1",user="alice"} 1764590000\n' in text
+    promtool = shutil.which("promtool") or str(REPO / ".venv" / "bin" / "promtool")
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_smoke_metrics_of_a_host_without_users_is_only_the_headers():
+    report = load_plugin("plugins/filter/smoke_report.py", "smoke_report_metrics")
+    assert "} " not in report.smoke_metrics({}, "ws-1", 0)
