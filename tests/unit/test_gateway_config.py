@@ -104,6 +104,8 @@ REFUSED_CASES = {
     "per_user_nobody": ({"llm_user_token_secret": USER_TOKEN_SECRET, "llm_revoked_users": ["alice", "bob"]},
                         ["no host of workstations (gateway_workstation_group) lists claude_code_users"]),
     "requests_empty": ({"gateway_allowed_requests": []}, ["gateway_allowed_requests ([]) must be a non-empty list"]),
+    "metrics_port": ({"gateway_metrics_sources": ["10.9.0.0/16", "not a host!"], "gateway_metrics_port": 8000},
+                     ["gateway_metrics_port and gateway_port are both 8000", "gateway_metrics_sources"]),
     "ciphers": ({"gateway_tls_ciphers": ["ECDHE-RSA-AES128-GCM-SHA256 AES128-SHA"], "gateway_maxconn": 0},
                 ["gateway_tls_ciphers (", "gateway_maxconn (0) must be a whole number of at least 1"]),
 }
@@ -125,7 +127,8 @@ def material(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ports():
-    return {"backend": free_port(), "live": free_port(), "live_tls": free_port()}
+    return {"backend": free_port(), "live": free_port(), "live_tls": free_port(), "metrics": free_port(),
+            "metrics_claude": free_port()}
 
 
 def host_variables(case: dict, material: dict) -> dict:
@@ -143,6 +146,10 @@ def rendered(tmp_path_factory, material, ports):
     cases = {name: host_variables(case, material) for name, case in CHECK_CASES.items()}
     cases.update({name: case for name, (case, _) in REFUSED_CASES.items()})
     cases["live"] = dict(live, gateway_port=ports["live"], gateway_admin_socket=str(work / "live.sock"))
+    # The exporter's listener on every address, for the monitoring network 10.9.0.0/16 only (and loopback).
+    cases["metrics"] = dict(live, gateway_bind_address="*", gateway_port=ports["metrics_claude"],
+                            gateway_metrics_port=ports["metrics"], gateway_metrics_sources=["10.9.0.0/16"],
+                            gateway_admin_socket=str(work / "metrics.sock"))
     cases["live_tls"] = dict(host_variables({"tls": True}, material), gateway_port=ports["live_tls"],
                              gateway_admin_socket=str(work / "live_tls.sock"), **live)
     local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
@@ -630,3 +637,58 @@ def test_tls_refuses_tls11_and_ciphers_without_forward_secrecy(tls_gateway, back
     assert status == 200 and backend.reached("probe=tls")
     status, _, _ = request(port, "POST", "/invocations?probe=tlsinv", b"{}", tls=True)
     assert status == 404 and not backend.reached("probe=tlsinv")
+
+
+
+# ------------------------------------------------------------------------------------------ Prometheus exporter
+def local_non_loopback_address():
+    """An address of this machine that is not loopback (its packets to itself carry it as source), or None."""
+    listed = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True)
+    for match in re.finditer(r"inet (\d+\.\d+\.\d+\.\d+)/", listed.stdout):
+        if not match.group(1).startswith("127."):
+            return match.group(1)
+    return None
+
+
+@pytest.fixture(scope="module")
+def metrics_gateway(rendered, material, backend, tmp_path_factory, ports):
+    process, sink, directory = running(rendered, material, backend, tmp_path_factory, "metrics", ports["metrics"])
+    yield {"port": ports["metrics"], "claude_port": ports["metrics_claude"]}
+    stop(process)
+    if sink:
+        sink.close()
+
+
+def test_no_monitoring_hosts_no_exporter_listener(rendered):
+    assert "frontend prometheus" not in rendered["defaults"]["cfg"]
+    assert "prometheus-exporter" not in rendered["defaults"]["cfg"]
+
+
+def test_the_exporter_answers_the_monitoring_sources_on_its_own_port_only(metrics_gateway, backend):
+    status, _, body = request(metrics_gateway["port"], "GET", "/metrics")
+    backend_series = f'haproxy_backend_active_servers{{proxy="{contract.GATEWAY_BACKEND}"}}'
+    assert status == 200 and backend_series in body.decode(), body[:500]
+    status, _, _ = request(metrics_gateway["port"], "GET", "/stats")
+    assert status == 404
+    status, _, _ = request(metrics_gateway["port"], "POST", "/metrics", b"{}")
+    assert status == 404
+    # The workstations' port never serves it (the claude_code frontend answers 404 itself).
+    status, _, _ = request(metrics_gateway["claude_port"], "GET", "/metrics?probe=claude-port")
+    assert status == 404 and not backend.reached("probe=claude-port")
+
+
+def test_the_exporter_closes_a_connection_from_anyone_else(metrics_gateway):
+    address = local_non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
+    answer = b""
+    try:
+        with socket.create_connection((address, metrics_gateway["port"]), timeout=10) as connection:
+            connection.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = connection.recv(4096)
+    except (ConnectionResetError, BrokenPipeError):
+        pass  # closed by tcp-request connection reject, before a byte was read
+    assert answer == b"", answer[:200]
+    # The same request from loopback is answered: the listener is up, it is the source that was refused.
+    status, _, _ = request(metrics_gateway["port"], "GET", "/metrics")
+    assert status == 200

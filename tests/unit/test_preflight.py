@@ -90,3 +90,38 @@ def test_the_token_is_checked_only_where_it_is_used():
     assert preflight.vllm_preflight_problems(dict(VLLM, vllm_require_api_key=False, llm_api_token="")) == []
     assert preflight.vllm_preflight_problems(dict(VLLM, llm_api_token=""))[0].startswith("llm_api_token is empty")
     assert preflight.gateway_preflight_problems(dict(GATEWAY, gateway_health_check_token=False, llm_api_token="")) == []
+
+
+# ------------------------------------------------------------------------------------------------ monitoring
+def monitoring_defaults():
+    """The monitoring role's defaults (what the role passes when nothing is overridden), plus the targets."""
+    import yaml
+
+    from conftest import REPO
+
+    values = yaml.safe_load((REPO / "roles/monitoring/defaults/main.yml").read_text())
+    values["monitoring_node_exporter_port"] = 9100  # a contract lookup in the file
+    values.update(host="prom-01", scrape_configs=[{"job_name": "node"}])
+    return values
+
+
+def test_monitoring_defaults_pass():
+    assert preflight.monitoring_preflight_problems(monitoring_defaults()) == []
+
+
+@pytest.mark.parametrize("variable,value,expected", [
+    ("monitoring_scrape_interval", "15", "monitoring_scrape_interval ('15') is not a Prometheus duration"),
+    ("monitoring_alert_target_down_for", "1.5m", "monitoring_alert_target_down_for ('1.5m') is not a Prometheus"),
+    ("monitoring_retention", "30 days", "monitoring_retention ('30 days')"),
+    ("monitoring_alert_kv_cache_usage_ratio", 90, "monitoring_alert_kv_cache_usage_ratio (90) must be a ratio"),
+    ("monitoring_alert_disk_free_ratio", 0, "monitoring_alert_disk_free_ratio (0) must be a ratio"),
+    ("monitoring_alert_ttft_p95_seconds", "fast", "monitoring_alert_ttft_p95_seconds ('fast') must be a number"),
+    ("monitoring_port", 70000, "monitoring_port"),
+    ("monitoring_node_exporter_port", 9090, "monitoring_port and monitoring_node_exporter_port are both 9090"),
+    ("monitoring_allowed_sources", ["10.0.0.1/8"], "monitoring_allowed_sources"),
+    ("scrape_configs", [], "no gpu_hosts, gateways or monitoring hosts to scrape"),
+])
+def test_monitoring_refuses_bad_input_naming_the_variable(variable, value, expected):
+    problems = preflight.monitoring_preflight_problems(dict(monitoring_defaults(), **{variable: value}))
+    assert len(problems) == 1 and expected in problems[0], problems
+    assert "Fix:" in problems[0]
