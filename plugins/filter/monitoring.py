@@ -43,7 +43,7 @@ _value:
 UNITS = (("y", 365 * 86400), ("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1), ("ms", 0.001))
 DURATION = re.compile("".join(rf"(?:(?P<{'ms_' if unit == 'ms' else unit}>[0-9]+){unit})?" for unit, _ in UNITS))
 RATE_INTERVAL = re.compile(r"\$(?:__rate_interval\b|\{__rate_interval\})")
-GRAFANA_VARIABLE = re.compile(r"\$(?:\{[^}]*\}|\[\[[^\]]*\]\]|[A-Za-z_][A-Za-z0-9_]*)")
+GRAFANA_VARIABLE = re.compile(r"\$(?:\{[^}]*\}|[A-Za-z_][A-Za-z0-9_]*)|\[\[[^\]]*\]\]")
 
 
 def prometheus_duration_seconds(value, variable="duration"):
