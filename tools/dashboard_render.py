@@ -63,13 +63,24 @@ def panel_queries(dashboard: dict, rate_interval: str = "1m") -> list[dict]:
                         "legend": target.get("legendFormat") or ""}
                        for target in panel.get("targets") or [] if target.get("expr")]
             if targets:
-                unit = ((panel.get("fieldConfig") or {}).get("defaults") or {}).get("unit") or "short"
+                defaults = (panel.get("fieldConfig") or {}).get("defaults") or {}
                 panels.append({"title": panel.get("title", ""), "type": panel.get("type", "timeseries"),
-                               "unit": unit, "targets": targets})
+                               "unit": defaults.get("unit") or "short", "mappings": value_mappings(defaults),
+                               "targets": targets})
             walk(panel.get("panels"))
 
     walk(dashboard.get("panels"))
     return panels
+
+
+def value_mappings(defaults: dict) -> dict:
+    """Grafana's value mappings of a panel: {value as text: (text, colour)}."""
+    mapped = {}
+    for mapping in defaults.get("mappings") or []:
+        if mapping.get("type") == "value":
+            for value, result in (mapping.get("options") or {}).items():
+                mapped[str(value)] = (str(result.get("text", value)), result.get("color") or "")
+    return mapped
 
 
 def query_range(prometheus: str, expr: str, start: float, end: float, step: float, timeout: float = 30) -> dict:
@@ -197,8 +208,11 @@ def _chart(panel: dict, start: float, end: float) -> list[str]:
 
 
 def _table(panel: dict) -> list[str]:
+    """The series current at the range's end (as Grafana's instant query shows them), with their last value."""
     parts = []
     rows = [item for item in panel["series"] if item["points"]]
+    latest = max((item["points"][-1][0] for item in rows), default=0)
+    rows = [item for item in rows if item["points"][-1][0] == latest]
     if not rows:
         return [_text(CELL_WIDTH / 2, PLOT_TOP + PLOT_HEIGHT / 2, panel.get("error") or "No data", 12, "middle",
                       fill="#999")]
@@ -206,8 +220,10 @@ def _table(panel: dict) -> list[str]:
     for index, item in enumerate(rows[:limit]):
         y = PLOT_TOP + 14 + index * 16
         value = item["points"][-1][1]
+        text, color = (panel.get("mappings") or {}).get(f"{value:g}", (format_value(value, panel["unit"]), ""))
+        colors = {"red": "#c62828", "green": "#2e7d32"}
         parts.append(_text(20, y, item["name"], 11))
-        parts.append(_text(CELL_WIDTH - 20, y, format_value(value, panel["unit"]), 11, "end", "bold"))
+        parts.append(_text(CELL_WIDTH - 20, y, text, 11, "end", "bold", colors.get(color, color or "#222")))
     if len(rows) > limit:
         parts.append(_text(20, PLOT_TOP + 14 + limit * 16, f"+{len(rows) - limit} more", 10, fill="#777"))
     return parts

@@ -166,3 +166,21 @@ def test_the_command_line_asks_every_query_over_the_range_and_writes_the_svg(pro
     root = ET.fromstring(out.read_text())
     assert len(list(root.iter(f"{SVG}polyline"))) == 2
     assert "without data" in capsys.readouterr().out
+
+
+def test_a_table_shows_the_series_current_at_the_end_with_the_panels_value_mappings():
+    start, end = recorded_range()
+    state = [panel for panel in panels_with_recorded_data() if panel["title"] == "Gateway servers: state"]
+    texts = [element.text for element in ET.fromstring(render.render_svg(state, start, end)).iter(f"{SVG}text")]
+    assert "gw-01 gpu-02-main DOWN" in texts and "gw-01 gpu-01-main UP" in texts
+    assert "gw-01 gpu-02-main UP" not in texts  # gone before the end of the range
+    assert texts.count("current") == 2
+
+
+def test_smoke_results_read_passed_or_failed():
+    smoke = [panel for panel in render.panel_queries(DASHBOARD) if panel["title"] == "Workstation smoke result"][0]
+    smoke["series"] = [{"name": "ws-01 alice", "points": [(0.0, 1.0), (60.0, 0.0)]},
+                       {"name": "ws-02 bob", "points": [(0.0, 1.0), (60.0, 1.0)]}]
+    root = ET.fromstring(render.render_svg([smoke], 0, 60))
+    values = {element.text: element.get("fill") for element in root.iter(f"{SVG}text")}
+    assert values["FAILED"] == "#c62828" and values["passed"] == "#2e7d32"
