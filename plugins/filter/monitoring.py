@@ -14,13 +14,14 @@ DOCUMENTATION = r"""
 name: monitoring
 short_description: Prometheus durations in seconds; the queries of the fleet's Grafana dashboard
 description:
-  - C(prometheus_duration_seconds(value, variable)) returns a Prometheus duration (C(90s), C(15m), C(2d),
-    C(1h30m)) as a number of seconds, for PromQL comparisons that take numbers (C(time() - x > 172800)). A value
-    that is not a duration fails with a message naming C(variable) and the fix.
-  - C(dashboard_queries(dashboard, rate_interval='1m')) takes a Grafana dashboard (the parsed JSON or its text)
-    and returns one C({panel, expr}) per query of every panel (rows included), in the dashboard's order, with
-    Grafana's C($__rate_interval) replaced by C(rate_interval). Any other Grafana variable in a query fails:
-    Prometheus could not evaluate it.
+  - C(prometheus_duration_seconds) takes a Prometheus duration (C(90s), C(15m), C(2d), C(1h30m)) and, as its
+    argument, the name of the variable it comes from. It returns the number of seconds, for PromQL comparisons
+    that take numbers, such as the age of the last smoke result. A value that is not a duration fails with a
+    message naming the variable and the fix.
+  - C(dashboard_queries) takes a Grafana dashboard (the parsed JSON or its text) and, as its argument, the rate
+    window (default C(1m)). It returns one C(panel)/C(expr) pair per query of every panel (rows included), in
+    the dashboard's order, with Grafana's C($__rate_interval) replaced by the rate window. Any other Grafana
+    variable in a query fails, since Prometheus could not evaluate it.
 """
 
 EXAMPLES = r"""
@@ -43,7 +44,7 @@ _value:
 UNITS = (("y", 365 * 86400), ("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1), ("ms", 0.001))
 DURATION = re.compile("".join(rf"(?:(?P<{'ms_' if unit == 'ms' else unit}>[0-9]+){unit})?" for unit, _ in UNITS))
 RATE_INTERVAL = re.compile(r"\$(?:__rate_interval\b|\{__rate_interval\})")
-GRAFANA_VARIABLE = re.compile(r"\$(?:\{[^}]*\}|\[\[[^\]]*\]\]|[A-Za-z_][A-Za-z0-9_]*)")
+GRAFANA_VARIABLE = re.compile(r"\$(?:\{[^}]*\}|[A-Za-z_][A-Za-z0-9_]*)|\[\[[^\]]*\]\]")
 
 
 def prometheus_duration_seconds(value, variable="duration"):
