@@ -6,8 +6,9 @@
   let read their metrics (nobody else).
 - ``monitoring_scrape_configs(groups, hostvars, ...)``: Prometheus ``scrape_configs``: every vLLM instance of
   every GPU host (job ``vllm``, labels fleet_host, vllm_instance, served_model_name), every gateway's
-  exporter (job ``haproxy``, label fleet_host), and the node exporter of every GPU host, gateway and
-  monitoring host (job ``node``, labels fleet_host, fleet_group). Jobs without targets are left out.
+  exporter (job ``haproxy``, label fleet_host), the node exporter of every GPU host, gateway and
+  monitoring host (job ``node``, labels fleet_host, fleet_group), and with ``dcgm_port`` set NVIDIA's DCGM
+  exporter on every GPU host (job ``dcgm``, label fleet_host). Jobs without targets are left out.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ options:
     description: Default port of the vLLM instances.
     type: int
     default: 8000
+  dcgm_port:
+    description: Port of NVIDIA's DCGM exporter on the GPU hosts; 0 scrapes none.
+    type: int
+    default: 0
 """
 
 EXAMPLES = r"""
@@ -86,8 +91,8 @@ def monitoring_sources(groups, hostvars, group=MONITORING_GROUP):
     return sources
 
 
-def monitoring_scrape_configs(groups, hostvars, vllm_port=8000, gpu_group="gpu_hosts", gateway_group="gateways",
-                              monitoring_group=MONITORING_GROUP):
+def monitoring_scrape_configs(groups, hostvars, vllm_port=8000, dcgm_port=0, gpu_group="gpu_hosts",
+                              gateway_group="gateways", monitoring_group=MONITORING_GROUP):
     groups = groups or {}
     jobs = []
 
@@ -117,6 +122,12 @@ def monitoring_scrape_configs(groups, hostvars, vllm_port=8000, gpu_group="gpu_h
                           "labels": {"fleet_host": host, "fleet_group": group}})
     if nodes:
         jobs.append({"job_name": SCRAPE_JOBS["node"], "metrics_path": "/metrics", "static_configs": nodes})
+
+    if dcgm_port and int(dcgm_port):
+        gpus = [{"targets": [_target(_address(hostvars, host), int(dcgm_port))], "labels": {"fleet_host": host}}
+                for host in groups.get(gpu_group, []) or []]
+        if gpus:
+            jobs.append({"job_name": SCRAPE_JOBS["dcgm"], "metrics_path": "/metrics", "static_configs": gpus})
     return jobs
 
 

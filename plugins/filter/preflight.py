@@ -225,6 +225,8 @@ def monitoring_preflight_problems(inputs):
     for variable in ("monitoring_port", "monitoring_node_exporter_port"):
         if variable in inputs:
             problems.append(port_problem(inputs[variable], variable))
+    if str(inputs.get("monitoring_dcgm_exporter_port", 0)) != "0":
+        problems.append(port_problem(inputs["monitoring_dcgm_exporter_port"], "monitoring_dcgm_exporter_port"))
     if "monitoring_port" in inputs and str(inputs.get("monitoring_port")) == str(inputs.get("monitoring_node_exporter_port")):
         problems.append(f"monitoring_port and monitoring_node_exporter_port are both {inputs['monitoring_port']}: "
                         f"Prometheus and the node exporter cannot listen on one port. Fix: keep 9090 and 9100.")

@@ -423,7 +423,7 @@ def fleet_rule_problems(inputs):
 MONITORING_GROUP = "monitoring"
 NODE_EXPORTER_PORT = 9100
 GATEWAY_METRICS_PORT = 8405
-SCRAPE_JOBS = {"vllm": "vllm", "gateway": "haproxy", "node": "node"}
+SCRAPE_JOBS = {"vllm": "vllm", "gateway": "haproxy", "node": "node", "dcgm": "dcgm"}
 
 
 # What the lookup claude_vllm.fleet.fleet_contract answers: the contract's values, by name.

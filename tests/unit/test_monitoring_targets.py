@@ -70,3 +70,10 @@ def test_monitoring_sources_are_the_monitoring_hosts_addresses_once():
     assert targets.monitoring_sources({"gpu_hosts": ["gpu-a"]}, HOSTVARS) == []
     assert targets.monitoring_sources({"monitoring": ["a", "b"]}, {"a": {"ansible_host": "10.1.1.1"},
                                                                    "b": {"ansible_host": "10.1.1.1"}}) == ["10.1.1.1"]
+
+
+def test_dcgm_exporter_of_every_gpu_host_only_when_its_port_is_set():
+    assert "dcgm" not in by_job(targets.monitoring_scrape_configs(GROUPS, HOSTVARS, 8000))
+    jobs = by_job(targets.monitoring_scrape_configs(GROUPS, HOSTVARS, 8000, 9400))
+    assert jobs["dcgm"] == [{"targets": ["10.0.0.1:9400"], "labels": {"fleet_host": "gpu-a"}},
+                            {"targets": ["gpu-b:9400"], "labels": {"fleet_host": "gpu-b"}}]

@@ -120,6 +120,7 @@ def test_monitoring_defaults_pass():
     ("monitoring_node_exporter_port", 9090, "monitoring_port and monitoring_node_exporter_port are both 9090"),
     ("monitoring_allowed_sources", ["10.0.0.1/8"], "monitoring_allowed_sources"),
     ("scrape_configs", [], "no gpu_hosts, gateways or monitoring hosts to scrape"),
+    ("monitoring_dcgm_exporter_port", 94000, "monitoring_dcgm_exporter_port"),
 ])
 def test_monitoring_refuses_bad_input_naming_the_variable(variable, value, expected):
     problems = preflight.monitoring_preflight_problems(dict(monitoring_defaults(), **{variable: value}))
