@@ -39,6 +39,9 @@ SMOKE_TIMESTAMP_METRIC = "claude_vllm_fleet_smoke_last_run_timestamp_seconds"
 # Where the smoke run writes them on each monitoring host: the node exporter's textfile directory, which the
 # monitoring role passes to the exporter (--collector.textfile.directory).
 NODE_EXPORTER_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+# ... one file per workstation, <prefix><inventory hostname>.prom (the monitoring role prunes those of
+# workstations no longer in the inventory).
+SMOKE_TEXTFILE_PREFIX = "claude_vllm_fleet_smoke_"
 
 
 def gateway_server_name(host, instance=DEFAULT_INSTANCE):
@@ -442,4 +445,5 @@ CONTRACT = {
     "smoke_success_metric": SMOKE_SUCCESS_METRIC,
     "smoke_timestamp_metric": SMOKE_TIMESTAMP_METRIC,
     "node_exporter_textfile_dir": NODE_EXPORTER_TEXTFILE_DIR,
+    "smoke_textfile_prefix": SMOKE_TEXTFILE_PREFIX,
 }
