@@ -68,6 +68,7 @@ ALERT_VARIABLES = {
     "FleetVllmWrongServedName": (None, "monitoring_alert_served_name_for"),
     "FleetGatewayNoHealthyServer": (None, "monitoring_alert_gateway_no_server_for"),
     "FleetVllmQueueTimeHigh": ("monitoring_alert_queue_time_seconds", "monitoring_alert_queue_time_for"),
+    "FleetVllmQueueStuck": (None, "monitoring_alert_queue_time_for"),
     "FleetKvCacheNearlyFull": ("monitoring_alert_kv_cache_usage_ratio", "monitoring_alert_kv_cache_usage_for"),
     "FleetTimeToFirstTokenHigh": ("monitoring_alert_ttft_p95_seconds", "monitoring_alert_ttft_p95_for"),
     "FleetGateway5xxRateHigh": ("monitoring_alert_gateway_5xx_ratio", "monitoring_alert_gateway_5xx_for"),
