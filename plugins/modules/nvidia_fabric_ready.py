@@ -11,7 +11,7 @@ description:
   - On NVSwitch boards (HGX/DGX H100, H200, B200) CUDA does not initialise until NVIDIA Fabric Manager
     has trained the NVLink fabric. This module polls C(nvidia-smi -q) until every GPU's C(Fabric)
     section reads C(State Completed) and C(Status Success), and the Fabric Manager service is active.
-  - GPUs whose driver reports no fabric state (C(N/A): PCIe cards, A100 boards) count as ready once the
+  - GPUs whose driver reports no fabric state (C(N/A) on PCIe cards and A100 boards) count as ready once the
     service is active.
   - Fails at once when a GPU's training completed with an error status or the service failed, and at
     the timeout otherwise; the failure names the GPUs and their state and carries the last lines of
