@@ -25,6 +25,9 @@ description:
     C(module_stream) (DNF module stream to enable, RHEL only, else empty) and C(scheme) (the
     naming scheme used - C(branch_in_name), C(pinning), C(module_stream) or C(distro)).
   - C(nvidia_package_scheme(branch, os_id, source, scheme)) resolves C(auto) to the scheme used.
+  - C(nvidia_fabricmanager_packages(os_id, branch, source, scheme)) returns the NVIDIA Fabric Manager
+    package(s) that match the driver branch from the driver's own source (an empty list where that
+    source has none, Debian's archive).
   - C(nvidia_toolkit_package(version)) returns the CUDA toolkit package for C(12.8),
     i.e. C(cuda-toolkit-12-8); C(nvidia_toolkit_home(version)) its prefix C(/usr/local/cuda-12.8).
   - C(nvidia_branch_of(driver_version)) returns the branch of a driver version (C(580.95.05) -> C(580)).
@@ -58,6 +61,8 @@ SOURCES = ("cuda_repo", "distro")
 KERNEL_MODULES = ("open", "proprietary")
 SCHEMES = ("auto", "branch_in_name", "pinning")
 REBOOT_MODES = ("auto", "never")
+# nvidia_fabricmanager_manage as the role passes it here (| string | lower of auto, true or false).
+FABRICMANAGER_MODES = ("auto", "true", "false")
 
 # Everything the role supports. distro_branches: the branches the distribution's own archive ships
 # (None: any branch, one package set per branch as Ubuntu does; empty: no driver in the archive).
@@ -135,6 +140,44 @@ def nvidia_driver_packages(os_id, branch, source="cuda_repo", kernel_modules="op
     return result
 
 
+# NVIDIA Fabric Manager (NVSwitch boards) per source and naming scheme, always from where the driver comes:
+# - NVIDIA's apt repository up to 580: nvidia-fabricmanager-<branch> (NVIDIA's packaging templates,
+#   github.com/NVIDIA/apt-packaging-fabric-manager: cuda-drivers-fabricmanager-XXX, nvidia-fabricmanager-XXX).
+# - NVIDIA's apt repository from 590: branch-less nvidia-fabricmanager, held on the branch by the same
+#   nvidia-driver-pinning-<branch> package as the driver (NVIDIA driver installation guide, "Ubuntu 590 and later
+#   packages": the branch designation is removed from the package names from 590 on).
+# - RHEL (DNF module stream): nvidia-fabric-manager, whose version the enabled nvidia-driver:<branch>-* stream
+#   holds (NVIDIA's RHEL instructions: dnf module install nvidia-driver:<branch>; dnf install nvidia-fabric-manager).
+# - Ubuntu's own archive: nvidia-fabricmanager-<branch> for every branch, 535 to 595 (packages.ubuntu.com, source
+#   fabric-manager-<branch>); it depends on nvidia-kernel-common-<branch>-server, the -server driver this role
+#   installs from there.
+# - Debian's own archive carries no Fabric Manager.
+def nvidia_fabricmanager_packages(os_id, branch, source="cuda_repo", scheme="auto", driver_version=""):
+    """The Fabric Manager package(s) for the driver branch, from the driver's source; [] where there is none.
+
+    With ``driver_version`` (the running driver's, e.g. 580.95.05) each name is held to that exact version, as
+    Fabric Manager refuses to start next to another one: ``name=580.95.05-*`` for apt (NVIDIA's revision -1,
+    Ubuntu's -0ubuntu...), ``name-580.95.05`` for dnf.
+    """
+    info = _os(os_id)
+    branch = _branch_str(branch)
+    used = nvidia_package_scheme(branch, os_id, source, scheme)
+    if used == "distro":
+        names = [f"nvidia-fabricmanager-{branch}"] if os_id.startswith("ubuntu") else []
+    elif used == "module_stream":
+        names = ["nvidia-fabric-manager"]
+    elif used == "pinning":
+        names = ["nvidia-fabricmanager"]
+    else:
+        names = [f"nvidia-fabricmanager-{branch}"]
+    version = str(driver_version or "").strip()
+    if not version:
+        return names
+    if branch_of(version) != branch:
+        raise ValueError(f"driver {version} is not of branch {branch}: Fabric Manager must match the running driver")
+    return [f"{name}={version}-*" if info["manager"] == "apt" else f"{name}-{version}" for name in names]
+
+
 def nvidia_toolkit_package(version):
     major, minor = str(version).strip().split(".")
     return f"cuda-toolkit-{major}-{minor}"
@@ -172,6 +215,16 @@ def nvidia_cuda_problems(settings):
         problem = _choice_problem(variable, settings.get(key), choices)
         if problem:
             problems.append(problem)
+    if "fabricmanager_manage" in settings:
+        problem = _choice_problem("nvidia_fabricmanager_manage", settings.get("fabricmanager_manage"),
+                                  FABRICMANAGER_MODES)
+        if problem:
+            problems.append(problem)
+        timeout = settings.get("fabricmanager_ready_timeout")
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1:
+            problems.append(
+                f"nvidia_fabricmanager_ready_timeout ({timeout!r}) must be a whole number of seconds, at least 1. "
+                f"Fix: set nvidia_fabricmanager_ready_timeout: 300 (training an 8-GPU board takes about a minute).")
 
     branch = settings.get("driver_branch")
     branch_ok = isinstance(branch, (str, int)) and not isinstance(branch, bool) \
@@ -217,6 +270,11 @@ def nvidia_cuda_problems(settings):
                     "nvidia_cuda_toolkit_install needs NVIDIA's CUDA repository, whose driver packages would replace "
                     "the distribution's (nvidia_driver_source: distro). Fix: set nvidia_driver_source: cuda_repo, "
                     "or nvidia_cuda_toolkit_install: false (vLLM's wheels carry their own CUDA runtime).")
+            if settings.get("fabricmanager_manage") == "true" and os_id.startswith("debian"):
+                problems.append(
+                    f"nvidia_fabricmanager_manage (true): {info['label']}'s own archive has no NVIDIA Fabric Manager, "
+                    f"which must come from the driver's source. Fix: set nvidia_driver_source: cuda_repo for "
+                    f"NVSwitch boards, or nvidia_fabricmanager_manage: auto.")
             if settings.get("driver_package_scheme") not in ("auto", None):
                 problems.append(
                     f"nvidia_driver_package_scheme ({settings.get('driver_package_scheme')}) only applies to "
@@ -247,6 +305,7 @@ class FilterModule:
         return {
             "nvidia_driver_packages": nvidia_driver_packages,
             "nvidia_package_scheme": nvidia_package_scheme,
+            "nvidia_fabricmanager_packages": nvidia_fabricmanager_packages,
             "nvidia_toolkit_package": nvidia_toolkit_package,
             "nvidia_toolkit_home": nvidia_toolkit_home,
             "nvidia_branch_of": nvidia_branch_of,

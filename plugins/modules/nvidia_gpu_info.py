@@ -8,9 +8,11 @@ DOCUMENTATION = r"""
 module: nvidia_gpu_info
 short_description: Detect NVIDIA GPUs on the PCI bus and the driver that drives them
 description:
-  - Lists PCI display controllers of vendor C(0x10de) from sysfs (no lspci needed), asks
-    C(nvidia-smi) for the running driver version and the GPUs it sees, and reports which kernel
-    modules are loaded. Never changes anything (check mode safe).
+  - Lists PCI display controllers of vendor C(0x10de) from sysfs (no lspci needed) with the kernel
+    driver bound to each, and the NVSwitch chips of HGX/DGX baseboards (NVIDIA PCI bridges of class
+    C(0x0680)); asks C(nvidia-smi) for the running driver version and the GPUs it sees, and
+    C(nvidia-smi -q) for each GPU's MIG mode and NVLink fabric state; reports which kernel modules
+    are loaded. Never changes anything (check mode safe).
 options:
   sysfs_pci_path:
     description: Directory holding one directory per PCI function (tests point it elsewhere).
@@ -39,15 +41,55 @@ EXAMPLES = r"""
 
 RETURN = r"""
 pci_gpus:
-  description: NVIDIA display/3D controllers on the PCI bus.
+  description: >-
+    NVIDIA display/3D controllers on the PCI bus, with the kernel C(driver) bound to each (C('') when
+    none is).
   type: list
   elements: dict
   returned: always
-  sample: [{"address": "0000:17:00.0", "device": "0x2330", "class": "0x030200", "pre_turing": false}]
+  sample: [{"address": "0000:17:00.0", "device": "0x2330", "class": "0x030200", "pre_turing": false, "driver": "nvidia"}]
 gpu_count:
   description: Number of entries in C(pci_gpus).
   type: int
   returned: always
+nvswitches:
+  description: >-
+    NVSwitch chips on the PCI bus (NVIDIA vendor, PCI class C(0x0680xx)), each with C(address),
+    C(device) and C(driver) (the bound kernel driver, C(nvidia-nvswitch) when the driver runs).
+    HGX B200/B300 boards manage their NVSwitches over NVLink management NICs instead and may list none here.
+  type: list
+  elements: dict
+  returned: always
+  sample: [{"address": "0000:05:00.0", "device": "0x22a3", "driver": "nvidia-nvswitch"}]
+fabric_manager_needed:
+  description: >-
+    Whether NVIDIA Fabric Manager must run before CUDA works here: NVSwitches on the PCI bus, or a GPU
+    whose driver reports an NVLink fabric state (C(nvidia-smi -q) section Fabric, anything but N/A).
+  type: bool
+  returned: always
+mig:
+  description: >-
+    Per GPU seen by nvidia-smi (C(-q)): C(bus_id), C(current) and C(pending) MIG mode (C(Enabled),
+    C(Disabled), C(N/A) on GPUs without MIG). Empty without a working nvidia-smi. A GPU with MIG enabled
+    runs CUDA only in the MIG instances created on it, not as one whole GPU.
+  type: list
+  elements: dict
+  returned: always
+  sample: [{"bus_id": "0000:18:00.0", "current": "Enabled", "pending": "Enabled"}]
+mig_enabled:
+  description: Bus ids of GPUs whose current or pending MIG mode is C(Enabled).
+  type: list
+  elements: str
+  returned: always
+gpus_missing_from_driver:
+  description: >-
+    GPUs on the PCI bus that the NVIDIA driver does not drive: no kernel driver or another one
+    bound (vfio-pci, nouveau) in sysfs, or not listed by a working nvidia-smi (fallen off the bus,
+    failed to initialise). Each has C(address), C(driver) and C(reason).
+  type: list
+  elements: dict
+  returned: always
+  sample: [{"address": "0000:db:00.0", "driver": "", "reason": "no kernel driver bound in sysfs"}]
 pre_turing:
   description: PCI addresses of GPUs older than Turing (they need the proprietary kernel modules).
   type: list
@@ -56,7 +98,8 @@ pre_turing:
 nvidia_smi:
   description: >-
     C(found) (binary present), C(ok) (it answered), C(driver_version), C(branch), C(gpus)
-    (index, name, bus_id, driver_version each) and C(error) (its output when it failed).
+    (index, name, bus_id, driver_version each; plus mig_current, mig_pending, fabric_state and
+    fabric_status from C(nvidia-smi -q), empty when it printed none) and C(error) (its output when it failed).
   type: dict
   returned: always
 kernel_module:
@@ -77,11 +120,10 @@ import os
 import re
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.claude_vllm.fleet.plugins.module_utils.nvidia import branch_of
+from ansible_collections.claude_vllm.fleet.plugins.module_utils.nvidia import (
+    DISPLAY_CLASS_PREFIX, NVIDIA_VENDOR, NVSWITCH_CLASS_PREFIX, branch_of, fabric_verdict, normalize_bus_id,
+    parse_nvidia_smi_q)
 
-NVIDIA_VENDOR = "0x10de"
-# PCI base class 0x03: display controllers (0x0300 VGA, 0x0302 3D controller, 0x0380 other).
-DISPLAY_CLASS_PREFIX = "0x03"
 # Turing's first device id; everything below is Volta, Pascal or older (no open kernel modules).
 TURING_FIRST_DEVICE_ID = 0x1E00
 
@@ -94,26 +136,70 @@ def _read(path):
         return ""
 
 
-def scan_pci(sysfs_pci_path):
-    gpus = []
+def _bound_driver(base):
+    """The kernel driver bound to a PCI function: the name its sysfs 'driver' link points to, '' when none."""
+    try:
+        return os.path.basename(os.readlink(os.path.join(base, "driver")))
+    except OSError:
+        return ""
+
+
+def scan_pci_devices(sysfs_pci_path):
+    """NVIDIA GPUs and NVSwitches from sysfs: (gpus, nvswitches)."""
+    gpus, nvswitches = [], []
     try:
         entries = sorted(os.listdir(sysfs_pci_path))
     except OSError:
-        return gpus
+        return gpus, nvswitches
     for address in entries:
         base = os.path.join(sysfs_pci_path, address)
         if _read(os.path.join(base, "vendor")).lower() != NVIDIA_VENDOR:
             continue
         pci_class = _read(os.path.join(base, "class")).lower()
-        if not pci_class.startswith(DISPLAY_CLASS_PREFIX):
-            continue  # HDMI audio, NVSwitch bridges, USB controllers of the same card
         device = _read(os.path.join(base, "device")).lower()
+        if pci_class.startswith(NVSWITCH_CLASS_PREFIX):
+            nvswitches.append({"address": address, "device": device, "driver": _bound_driver(base)})
+            continue
+        if not pci_class.startswith(DISPLAY_CLASS_PREFIX):
+            continue  # HDMI audio, USB controllers of the same card
         try:
             pre_turing = int(device, 16) < TURING_FIRST_DEVICE_ID
         except ValueError:
             pre_turing = False
-        gpus.append({"address": address, "device": device, "class": pci_class, "pre_turing": pre_turing})
-    return gpus
+        gpus.append({"address": address, "device": device, "class": pci_class, "pre_turing": pre_turing,
+                     "driver": _bound_driver(base)})
+    return gpus, nvswitches
+
+
+def scan_pci(sysfs_pci_path):
+    """NVIDIA GPUs (display/3D controllers) from sysfs."""
+    return scan_pci_devices(sysfs_pci_path)[0]
+
+
+def missing_from_driver(pci_gpus, smi):
+    """GPUs on the PCI bus that the NVIDIA driver does not drive, each with the reason."""
+    seen = {normalize_bus_id(gpu["bus_id"]) for gpu in smi["gpus"]}
+    missing = []
+    for gpu in pci_gpus:
+        if gpu["driver"] != "nvidia":
+            reason = (f"kernel driver {gpu['driver']} bound instead of nvidia" if gpu["driver"]
+                      else "no kernel driver bound in sysfs")
+        elif smi["ok"] and normalize_bus_id(gpu["address"]) not in seen:
+            reason = "bound to nvidia but not listed by nvidia-smi"
+        else:
+            continue
+        missing.append({"address": gpu["address"], "driver": gpu["driver"], "reason": reason})
+    return missing
+
+
+def merge_smi_q(smi, q_gpus):
+    """Add each GPU's MIG mode and fabric state from nvidia-smi -q to smi['gpus'] (matched by bus id)."""
+    by_bus = {gpu["bus_id"]: gpu for gpu in q_gpus}
+    for gpu in smi["gpus"]:
+        found = by_bus.get(normalize_bus_id(gpu["bus_id"]), {})
+        for key in ("mig_current", "mig_pending", "fabric_state", "fabric_status"):
+            gpu[key] = found.get(key, "")
+    return smi
 
 
 def parse_nvidia_smi(output):
@@ -149,27 +235,36 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    pci_gpus = scan_pci(params["sysfs_pci_path"])
+    pci_gpus, nvswitches = scan_pci_devices(params["sysfs_pci_path"])
     smi = {"found": False, "ok": False, "driver_version": "", "branch": "", "gpus": [], "error": ""}
     binary = module.get_bin_path("nvidia-smi", opt_dirs=["/usr/bin", "/usr/local/bin", "/usr/sbin"])
+    q_gpus = []
     if binary:
         smi["found"] = True
-        cmd = ["timeout", str(params["nvidia_smi_timeout"]), binary,
-               "--query-gpu=index,name,pci.bus_id,driver_version", "--format=csv,noheader"]
-        if not module.get_bin_path("timeout"):
-            cmd = cmd[2:]
-        rc, out, err = module.run_command(cmd)
+        prefix = ["timeout", str(params["nvidia_smi_timeout"])] if module.get_bin_path("timeout") else []
+        rc, out, err = module.run_command(
+            prefix + [binary, "--query-gpu=index,name,pci.bus_id,driver_version", "--format=csv,noheader"])
         gpus = parse_nvidia_smi(out) if rc == 0 else []
         if rc == 0 and gpus:
             smi.update(ok=True, gpus=gpus, driver_version=gpus[0]["driver_version"],
                        branch=branch_of(gpus[0]["driver_version"]))
+            rc, out, err = module.run_command(prefix + [binary, "-q"])
+            q_gpus = parse_nvidia_smi_q(out) if rc == 0 else []
         else:
             smi["error"] = (out + err).strip()[-2000:] or f"nvidia-smi exited with {rc}"
+    merge_smi_q(smi, q_gpus)
+    fabric_reported = [gpu for gpu in q_gpus if fabric_verdict(gpu) != "not_reported"]
+    mig = [{"bus_id": gpu["bus_id"], "current": gpu["mig_current"], "pending": gpu["mig_pending"]} for gpu in q_gpus]
     module_path = params["sysfs_module_path"]
     module.exit_json(
         changed=False,
         pci_gpus=pci_gpus,
         gpu_count=len(pci_gpus),
+        nvswitches=nvswitches,
+        fabric_manager_needed=bool(nvswitches or fabric_reported),
+        mig=mig,
+        mig_enabled=[entry["bus_id"] for entry in mig if "Enabled" in (entry["current"], entry["pending"])],
+        gpus_missing_from_driver=missing_from_driver(pci_gpus, smi),
         pre_turing=[gpu["address"] for gpu in pci_gpus if gpu["pre_turing"]],
         nvidia_smi=smi,
         kernel_module=kernel_module_info(params["proc_driver_version"]),
