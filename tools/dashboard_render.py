@@ -32,7 +32,7 @@ DEFAULT_DASHBOARD = REPO / "roles" / "monitoring" / "files" / "fleet-dashboard.j
 
 COLUMNS = 3
 CELL_WIDTH, CELL_HEIGHT = 440, 290
-PLOT_LEFT, PLOT_TOP, PLOT_WIDTH, PLOT_HEIGHT = 62, 34, 360, 150
+PLOT_LEFT, PLOT_TOP, PLOT_WIDTH, PLOT_HEIGHT = 76, 34, 346, 150
 LEGEND_ROWS = 5
 HEADER = 48
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
