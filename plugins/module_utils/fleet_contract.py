@@ -42,6 +42,9 @@ NODE_EXPORTER_TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
 # ... one file per workstation, <prefix><inventory hostname>.prom (the monitoring role prunes those of
 # workstations no longer in the inventory).
 SMOKE_TEXTFILE_PREFIX = "claude_vllm_fleet_smoke_"
+# The workstations the inventory has (labels workstation), written by the monitoring role next to them, so a
+# workstation that never reported is seen too.
+WORKSTATION_EXPECTED_METRIC = "claude_vllm_fleet_workstation_expected"
 
 
 def gateway_server_name(host, instance=DEFAULT_INSTANCE):
@@ -446,4 +449,5 @@ CONTRACT = {
     "smoke_timestamp_metric": SMOKE_TIMESTAMP_METRIC,
     "node_exporter_textfile_dir": NODE_EXPORTER_TEXTFILE_DIR,
     "smoke_textfile_prefix": SMOKE_TEXTFILE_PREFIX,
+    "workstation_expected_metric": WORKSTATION_EXPECTED_METRIC,
 }

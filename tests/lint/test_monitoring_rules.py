@@ -75,6 +75,7 @@ ALERT_VARIABLES = {
     "FleetGpuHostDiskNearlyFull": ("monitoring_alert_disk_free_ratio", "monitoring_alert_disk_free_for"),
     "FleetWorkstationSmokeFailed": (None, "monitoring_alert_smoke_failed_for"),
     "FleetWorkstationSmokeStale": ("monitoring_alert_smoke_max_age", None),
+    "FleetWorkstationSmokeMissing": (None, "monitoring_alert_smoke_max_age"),
 }
 RATE_ALERTS = ("FleetVllmQueueTimeHigh", "FleetTimeToFirstTokenHigh", "FleetGateway5xxRateHigh")
 SERIES = re.compile(r"\b(vllm:[a-z0-9_:]+|haproxy_[a-z0-9_]+|node_[a-z0-9_]+|claude_vllm_fleet_[a-z0-9_]+)")
