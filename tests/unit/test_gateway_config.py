@@ -51,6 +51,7 @@ ROLE_TOKEN_MAP = "/etc/haproxy/fleet-users.map"  # __gateway_token_map
 USER_TOKEN_SECRET = "per-user-token-secret-of-this-test-0123456789"
 SERVED = "Qwen3.5-27B"  # inventory/default/group_vars/all.yml
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
+TRIO = ("trio-a", "trio-b", "trio-c")  # the stand-in servers behind the affinity and leastconn gateways
 AS_ROOT = os.geteuid() == 0
 
 pytestmark = [
@@ -77,6 +78,8 @@ CHECK_CASES = {
                        "gateway_stats_password": STATS_PASSWORD},
     # Per-user tokens: alice and bob are listed on the workstation, bob is revoked.
     "per_user": {"llm_user_token_secret": USER_TOKEN_SECRET, "llm_revoked_users": ["bob"]},
+    "leastconn": {"gateway_balance": "leastconn"},
+    "affinity_unbounded": {"gateway_affinity_balance_factor": 0, "gateway_affinity_header": "X-Conversation"},
     "custom": {"tls": True, "gateway_tls_min_version": "TLSv1.3", "gateway_require_content_length": False,
                "gateway_maxconn": 500, "gateway_max_request_body": 1048576,
                "gateway_allowed_requests": [{"method": "POST", "path": "/v1/messages"},
@@ -99,6 +102,10 @@ REFUSED_CASES = {
                  ["item 1 has method 'get', not an HTTP method in capitals", "Fix: write GET",
                   "item 2 has path '/v1/messages?beta=true'", "The query string is not part of the path",
                   "item 3 has path", "item 4 ({'path': '/health'}) must be a mapping with exactly the keys"]),
+    "balance": ({"gateway_balance": "sticky"}, ["gateway_balance ('sticky') must be affinity or leastconn"]),
+    "affinity": ({"gateway_affinity_header": "X-Session Id'", "gateway_affinity_balance_factor": 100},
+                 ["gateway_affinity_header (\"X-Session Id'\") must be an HTTP header name",
+                  "gateway_affinity_balance_factor (100) must be 0 (no bound) or a whole number above 100"]),
     "per_user_short": ({"llm_user_token_secret": "too-short"},
                        ["llm_user_token_secret is 9 characters long (the value is not shown)"]),
     "per_user_nobody": ({"llm_user_token_secret": USER_TOKEN_SECRET, "llm_revoked_users": ["alice", "bob"]},
@@ -125,7 +132,8 @@ def material(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ports():
-    return {"backend": free_port(), "live": free_port(), "live_tls": free_port()}
+    return {"backend": free_port(), "live": free_port(), "live_tls": free_port(), "live_affinity": free_port(),
+            "live_leastconn": free_port(), "trio": [free_port() for _ in TRIO]}
 
 
 def host_variables(case: dict, material: dict) -> dict:
@@ -143,6 +151,11 @@ def rendered(tmp_path_factory, material, ports):
     cases = {name: host_variables(case, material) for name, case in CHECK_CASES.items()}
     cases.update({name: case for name, (case, _) in REFUSED_CASES.items()})
     cases["live"] = dict(live, gateway_port=ports["live"], gateway_admin_socket=str(work / "live.sock"))
+    # Three stand-in servers (group trio) behind two more gateways: the affinity default and leastconn.
+    for name, balance in (("live_affinity", "affinity"), ("live_leastconn", "leastconn")):
+        cases[name] = dict(live, gateway_port=ports[name], gateway_admin_socket=str(work / f"{name}.sock"),
+                           gateway_backend_group="trio", gateway_balance=balance,
+                           gateway_health_check_interval="200ms")
     cases["live_tls"] = dict(host_variables({"tls": True}, material), gateway_port=ports["live_tls"],
                              gateway_admin_socket=str(work / "live_tls.sock"), **live)
     local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
@@ -150,6 +163,8 @@ def rendered(tmp_path_factory, material, ports):
         "gateways": {"hosts": {name: dict(local, **variables) for name, variables in cases.items()},
                      "vars": {"gateway_backend_group": "backends"}},
         "backends": {"hosts": {"backend-a": {"ansible_host": "127.0.0.1", "vllm_port": ports["backend"]}}},
+        "trio": {"hosts": {name: {"ansible_host": "127.0.0.1", "vllm_port": port}
+                           for name, port in zip(TRIO, ports["trio"])}},
         "workstations": {"hosts": {"ws-a": {"claude_code_users": ["alice", {"name": "bob"}]}}},
     }}}
     (work / "inventory/group_vars").mkdir(parents=True)
@@ -270,6 +285,26 @@ def test_haproxy_accepts_the_rendered_config_and_it_is_hardened(name, rendered, 
             f"if {{ path -m str {path} }} !{{ method {methods} }}") for line in front), (path, methods)
     rules = [line for line in front if line.startswith("http-request ")]
     assert rules[-1].startswith("http-request wait-for-body")  # refusals first, from the headers alone
+    # how requests are spread (gateway_balance): affinity by default, a second backend for requests without the header
+    backend = parts[f"backend {contract.GATEWAY_BACKEND}"]
+    unkeyed = parts.get(f"backend {contract.GATEWAY_BACKEND}_no_session")
+    assert front[-1] == f"default_backend {contract.GATEWAY_BACKEND}"
+    if case.get("gateway_balance", "affinity") == "leastconn":
+        assert "balance leastconn" in backend and unkeyed is None
+        assert not any(line.startswith(("use_backend", "hash-")) for line in front + backend)
+    else:
+        header = case.get("gateway_affinity_header", "X-Claude-Code-Session-Id")
+        factor = case.get("gateway_affinity_balance_factor", 200)
+        assert f"balance hdr({header})" in backend and "hash-type consistent" in backend
+        assert [line for line in backend if line.startswith("hash-balance-factor")] == (
+            [f"hash-balance-factor {factor}"] if factor else [])
+        assert front[-2] == (f"use_backend {contract.GATEWAY_BACKEND}_no_session unless "
+                             f"{{ req.hdr({header}) -m len 1: }}")
+        assert "balance leastconn" in unkeyed
+        names = [line.split()[1] for line in backend if line.startswith("server ")]
+        assert names and [line.split()[1] for line in unkeyed if line.startswith("server ")] == names
+        assert all(line.endswith(f" track {contract.GATEWAY_BACKEND}/{line.split()[1]}")
+                   for line in unkeyed if line.startswith("server "))
     stats = parts.get("listen stats")
     assert (stats is not None) == bool(case.get("gateway_stats_listen"))
     if stats is not None:
@@ -324,8 +359,9 @@ def test_validate_refuses_bad_input_before_the_templates(name, rendered):
 class Backend:
     """A stand-in vLLM server on 127.0.0.1: records every request it gets, answers 200 with JSON."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, name: str = "backend-a-main"):
         self.seen: list[tuple[str, str]] = []
+        self.name = name
         backend = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -336,8 +372,11 @@ class Backend:
                 length = int(self.headers.get("Content-Length") or 0)
                 if length:
                     self.rfile.read(length)
+                delay = re.search(r"[?&]delay=([0-9.]+)", self.path)
+                if delay:  # a long request (a streamed answer) held open for that many seconds
+                    time.sleep(float(delay.group(1)))
                 body = json.dumps({"object": "list", "data": [{"id": SERVED, "object": "model"}],
-                                   "backend": self.path}, separators=(",", ":")).encode()
+                                   "backend": self.path, "server": backend.name}, separators=(",", ":")).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
