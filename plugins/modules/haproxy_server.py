@@ -12,9 +12,9 @@ description:
   - Talks to HAProxy's runtime API (the C(stats socket ... level admin) UNIX socket) with C(show stat) and
     C(set server BACKEND/SERVER state ...).
   - C(drain) stops new requests to the server and, with I(wait), waits until its current sessions are 0
-    (requests already running finish), counting those of every server that tracks it (C(track BACKEND/SERVER):
-    HAProxy applies the state to them too, e.g. the gateway's backend for requests without a session header). C(maint) also stops health checks. C(ready) puts it back and, with
-    I(wait), waits until HAProxy's own health check reports it UP, so the caller knows traffic flows again.
+    (requests already running finish), counting those of every server that tracks it (C(track BACKEND/SERVER);
+    HAProxy applies the state to them too, e.g. the gateway's backend for requests without a session header).
+    C(maint) also stops health checks. C(ready) puts it back and, with I(wait), waits until HAProxy's own health check reports it UP, so the caller knows traffic flows again.
   - Changed only when the administrative state differs. Check mode reports what would change.
 options:
   backend:
