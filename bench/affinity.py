@@ -299,8 +299,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=6, help="concurrent conversations per policy")
     parser.add_argument("--turns", type=int, default=5, help="turns per conversation")
+    parser.add_argument("--order", default=",".join(GATEWAYS),
+                        help="the policies in the order they run (the first pays for the servers' first batches)")
     parser.add_argument("--keep", action="store_true", help="leave the server containers running")
     args = parser.parse_args()
+    order = args.order.split(",")
+    if sorted(order) != sorted(GATEWAYS):
+        parser.error(f"--order must list each of {', '.join(GATEWAYS)} once")
     header(f"session affinity benchmark (2 CPU vLLM servers, tiny model, HAProxy {haproxy_version()}, "
            f"Claude Code {CLAUDE_VERSION}; {args.sessions} sessions x {args.turns} turns per policy)")
     cache = test_assets.default_cache_dir()
@@ -328,7 +333,7 @@ def main() -> int:
                 raise SystemExit(f"claude -p against {url} failed: {warm.failures}")
 
         results = {}
-        for name in GATEWAYS:
+        for name in order:
             base = f"http://127.0.0.1:{ports[name]}"
             sessions = [Session(work, binary, base) for _ in range(args.sessions)]
             mark = len(access.lines)
@@ -341,27 +346,34 @@ def main() -> int:
             time.sleep(1)
             servers = access.servers_of({s.id for s in sessions}, mark)
             failures = [f for s in sessions for f in s.failures]
+            first = [seq[0] for seq in servers.values() if seq]
             results[name] = {"deltas": deltas, "moves": moves(servers), "failures": failures,
+                             "spread": "/".join(str(first.count(f"{server}-main")) for server in SERVERS),
                              "seconds": [x for s in sessions for x in s.seconds[1:]],
                              "requests": sum(len(v) for v in servers.values())}
 
         print(f"1. {args.sessions} concurrent Claude Code conversations, {args.turns} turns each "
               f"(claude -p, then --resume), per policy:")
         print("   policy        turn:  " + "  ".join(f"{t:>13}" for t in range(1, args.turns + 1))
-              + "   turns 2..k: hits  TTFT     moved  claude -p (median)")
+              + "   turns 2..k: hits (ceiling)  TTFT     moved  claude -p (median)  turn 1 on a/b")
         for name, result in results.items():
             cells = []
             for delta in result["deltas"]:
                 hit, ttft, _ = rates(delta)
                 cells.append(f"{hit:>6.1%} {ttft:>5.0f}ms")
             hit, ttft, _ = rates(total(result["deltas"][1:]))
+            # what could have been found at best: the part of each turn's prompt its conversation sent before
+            prompts = [delta.get("prompt_tokens", 0.0) for delta in result["deltas"]]
+            ceiling = sum(prompts[:-1]) / sum(prompts[1:]) if sum(prompts[1:]) else float("nan")
             changed, later = result["moves"]
             median = statistics.median(result["seconds"]) if result["seconds"] else float("nan")
             print(f"   {name:<13}        " + "  ".join(f"{c:>13}" for c in cells)
-                  + f"   {hit:>16.1%}  {ttft:>5.0f}ms  {changed:>2}/{later:<3} {median:>6.1f} s"
+                  + f"   {hit:>16.1%} ({ceiling:.1%})  {ttft:>5.0f}ms  {changed:>2}/{later:<3} {median:>6.1f} s"
+                  + f"             {result['spread']}"
                   + (f"   FAILED: {result['failures'][:2]}" if result["failures"] else ""))
         print("   (hits: prompt tokens found in the prefix cache / looked up, both servers; TTFT: mean of vLLM's "
-              "time to first token; moved: turns sent to another server than the conversation's turn before)")
+              "time to first token; ceiling: the part of those prompts their conversation had sent before; moved: turns "
+              "sent to another server than the conversation's turn before)")
 
         # 2. drain and put back, on the affinity gateway
         name, socket_path = "affinity", work / "affinity.sock"
