@@ -341,7 +341,7 @@ def setup(for_tests: bool) -> None:
 
 
 # bench/<name>.py, in the order `bench` runs them: each prints its figures and the machine.
-BENCHMARKS = ["fleet_convergence", "prefix_cache", "gateway", "vllm_role"]
+BENCHMARKS = ["fleet_convergence", "prefix_cache", "gateway", "affinity", "vllm_role"]
 
 
 def run_benchmarks(names: list[str]) -> int:

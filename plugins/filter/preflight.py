@@ -127,6 +127,30 @@ def claude_code_preflight_problems(inputs):
     return [problem for problem in problems if problem]
 
 
+GATEWAY_BALANCES = ("affinity", "leastconn")
+HEADER_NAME = re.compile(r"[A-Za-z0-9]+(-[A-Za-z0-9]+)*")
+
+
+def gateway_balance_problems(balance, header, factor):
+    """gateway_balance, and with affinity the header it hashes and the bound on a server's load."""
+    if balance not in GATEWAY_BALANCES:
+        return [f"gateway_balance ({balance!r}) must be affinity or leastconn. Fix: keep affinity (each Claude Code "
+                f"conversation stays on one server and its prefix cache), or set leastconn."]
+    if balance != "affinity":
+        return []
+    problems = []
+    if not isinstance(header, str) or not HEADER_NAME.fullmatch(header):
+        problems.append(f"gateway_affinity_header ({header!r}) must be an HTTP header name of letters, digits and "
+                        f"single '-' between them (it is written unquoted into haproxy.cfg). Fix: keep "
+                        f"X-Claude-Code-Session-Id, the header Claude Code sends with every request.")
+    number = _int(factor, -1) if not isinstance(factor, bool) else -1
+    if number != 0 and not 100 < number <= 65535:
+        problems.append(f"gateway_affinity_balance_factor ({factor!r}) must be 0 (no bound) or a whole number above "
+                        f"100 (a server may take that percentage of the average load; 100 or less would leave no "
+                        f"server room for the next request). Fix: keep 200, or 150 for a tighter bound.")
+    return problems
+
+
 def gateway_preflight_problems(inputs):
     """The gateway role's refusals: the keys are its variables, plus host, servers and token_holders."""
     per_user = bool(inputs.get("llm_user_token_secret"))
@@ -154,6 +178,8 @@ def gateway_preflight_problems(inputs):
     for variable, minimum in (("gateway_health_check_fall", 1), ("gateway_health_check_rise", 1),
                               ("gateway_retries", 0), ("gateway_maxconn", 1), ("gateway_max_request_body", 1)):
         problems.append(haproxy_count_problem(inputs.get(variable), variable, minimum))
+    problems += gateway_balance_problems(inputs.get("gateway_balance"), inputs.get("gateway_affinity_header"),
+                                         inputs.get("gateway_affinity_balance_factor"))
     if any(server.get("host") == inputs.get("host") and str(server.get("port")) == str(port) for server in servers):
         problems.append(f"gateway_port {port} is also a vLLM port on this host ({inputs.get('host')} is in {group}): "
                         f"both cannot listen on it. Fix: give the gateway another port, or run it on another host.")

@@ -12,8 +12,9 @@ description:
   - Talks to HAProxy's runtime API (the C(stats socket ... level admin) UNIX socket) with C(show stat) and
     C(set server BACKEND/SERVER state ...).
   - C(drain) stops new requests to the server and, with I(wait), waits until its current sessions are 0
-    (requests already running finish). C(maint) also stops health checks. C(ready) puts it back and, with
-    I(wait), waits until HAProxy's own health check reports it UP, so the caller knows traffic flows again.
+    (requests already running finish), counting those of every server that tracks it (C(track BACKEND/SERVER);
+    HAProxy applies the state to them too, e.g. the gateway's backend for requests without a session header).
+    C(maint) also stops health checks. C(ready) puts it back and, with I(wait), waits until HAProxy's own health check reports it UP, so the caller knows traffic flows again.
   - Changed only when the administrative state differs. Check mode reports what would change.
 options:
   backend:
@@ -66,7 +67,7 @@ status:
   returned: always
   type: str
 sessions:
-  description: Current sessions on the server at the end.
+  description: Current sessions on the server at the end, with those of the servers that track it.
   returned: always
   type: int
 waited:
@@ -138,6 +139,21 @@ def sessions(row):
         return 0
 
 
+def tracking_sessions(rows, backend, server):
+    """Running requests on BACKEND/SERVER and on every server that tracks it, directly or through another
+    (`show stat` column "tracked": BACKEND/SERVER): a drain or maintenance set on it applies to them too."""
+    names = {"{}/{}".format(backend, server)}
+    grown = True
+    while grown:
+        grown = False
+        for row in rows:
+            name = "{}/{}".format(row.get("pxname"), row.get("svname"))
+            if row.get("tracked") in names and name not in names:
+                names.add(name)
+                grown = True
+    return sum(sessions(row) for row in rows if "{}/{}".format(row.get("pxname"), row.get("svname")) in names)
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -161,7 +177,12 @@ def main():
         module.fail_json(msg=SOCKET_MISSING.format(params["socket"]))
 
     def current():
-        return find_server(parse_stat(api.command("show stat")), params["backend"], params["server"])
+        """The server's `show stat` row, its "sessions" those of the server and of the servers tracking it."""
+        rows = parse_stat(api.command("show stat"))
+        row = find_server(rows, params["backend"], params["server"])
+        if row is not None:
+            row = dict(row, scur=tracking_sessions(rows, params["backend"], params["server"]))
+        return row
 
     def current_admin_state():
         for entry in parse_servers_state(api.command("show servers state {}".format(params["backend"]))):

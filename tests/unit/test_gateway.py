@@ -24,6 +24,25 @@ def test_show_stat_rows_are_read_by_column_name():
     assert haproxy.find_server(rows, "vllm", "gpu-x-main") is None
 
 
+# With gateway_balance affinity, the header-less backend's servers track the main backend's (column "tracked").
+SHOW_STAT_TRACKED = """# pxname,svname,scur,status,tracked
+vllm,gpu-a-main,1,DRAIN,
+vllm,gpu-b-main,4,UP,
+vllm,BACKEND,5,UP,
+vllm_no_session,gpu-a-main,2,DRAIN,vllm/gpu-a-main
+vllm_no_session,gpu-b-main,1,UP,vllm/gpu-b-main
+other,gpu-a-main,7,UP,vllm_no_session/gpu-a-main
+other,gpu-x-main,9,UP,
+"""
+
+
+def test_a_drain_counts_the_requests_of_the_servers_that_track_it():
+    rows = haproxy.parse_stat(SHOW_STAT_TRACKED)
+    assert haproxy.tracking_sessions(rows, "vllm", "gpu-a-main") == 1 + 2 + 7  # through a tracker of a tracker
+    assert haproxy.tracking_sessions(rows, "vllm", "gpu-b-main") == 4 + 1
+    assert haproxy.tracking_sessions(haproxy.parse_stat(SHOW_STAT), "vllm", "gpu-a-main") == 1  # no column
+
+
 # `show servers state vllm` as HAProxy 2.6 printed it in molecule/rollout (columns cut after srv_admin_state).
 SERVERS_STATE = """1
 # be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight

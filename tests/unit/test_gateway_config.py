@@ -40,7 +40,7 @@ import pytest
 import yaml
 
 from ansible_collections.claude_vllm.fleet.plugins.module_utils import fleet_contract as contract
-from conftest import ANSIBLE_PLAYBOOK, REPO, playbook_env
+from conftest import ANSIBLE_PLAYBOOK, REPO, playbook_env, run_module
 
 HAPROXY = shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy",) if os.access(p, os.X_OK)), None)
 OPENSSL = shutil.which("openssl")
@@ -51,6 +51,7 @@ ROLE_TOKEN_MAP = "/etc/haproxy/fleet-users.map"  # __gateway_token_map
 USER_TOKEN_SECRET = "per-user-token-secret-of-this-test-0123456789"
 SERVED = "Qwen3.5-27B"  # inventory/default/group_vars/all.yml
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
+TRIO = ("trio-a", "trio-b", "trio-c")  # the stand-in servers behind the affinity and leastconn gateways
 AS_ROOT = os.geteuid() == 0
 
 pytestmark = [
@@ -77,6 +78,8 @@ CHECK_CASES = {
                        "gateway_stats_password": STATS_PASSWORD},
     # Per-user tokens: alice and bob are listed on the workstation, bob is revoked.
     "per_user": {"llm_user_token_secret": USER_TOKEN_SECRET, "llm_revoked_users": ["bob"]},
+    "leastconn": {"gateway_balance": "leastconn"},
+    "affinity_unbounded": {"gateway_affinity_balance_factor": 0, "gateway_affinity_header": "X-Conversation"},
     "custom": {"tls": True, "gateway_tls_min_version": "TLSv1.3", "gateway_require_content_length": False,
                "gateway_maxconn": 500, "gateway_max_request_body": 1048576,
                "gateway_allowed_requests": [{"method": "POST", "path": "/v1/messages"},
@@ -99,6 +102,10 @@ REFUSED_CASES = {
                  ["item 1 has method 'get', not an HTTP method in capitals", "Fix: write GET",
                   "item 2 has path '/v1/messages?beta=true'", "The query string is not part of the path",
                   "item 3 has path", "item 4 ({'path': '/health'}) must be a mapping with exactly the keys"]),
+    "balance": ({"gateway_balance": "sticky"}, ["gateway_balance ('sticky') must be affinity or leastconn"]),
+    "affinity": ({"gateway_affinity_header": "X-Session Id'", "gateway_affinity_balance_factor": 100},
+                 ["gateway_affinity_header (\"X-Session Id'\") must be an HTTP header name",
+                  "gateway_affinity_balance_factor (100) must be 0 (no bound) or a whole number above 100"]),
     "per_user_short": ({"llm_user_token_secret": "too-short"},
                        ["llm_user_token_secret is 9 characters long (the value is not shown)"]),
     "per_user_nobody": ({"llm_user_token_secret": USER_TOKEN_SECRET, "llm_revoked_users": ["alice", "bob"]},
@@ -127,7 +134,8 @@ def material(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ports():
-    return {"backend": free_port(), "live": free_port(), "live_tls": free_port(), "metrics": free_port(),
+    return {"backend": free_port(), "live": free_port(), "live_tls": free_port(), "live_affinity": free_port(),
+            "live_leastconn": free_port(), "trio": [free_port() for _ in TRIO], "metrics": free_port(),
             "metrics_claude": free_port()}
 
 
@@ -146,6 +154,11 @@ def rendered(tmp_path_factory, material, ports):
     cases = {name: host_variables(case, material) for name, case in CHECK_CASES.items()}
     cases.update({name: case for name, (case, _) in REFUSED_CASES.items()})
     cases["live"] = dict(live, gateway_port=ports["live"], gateway_admin_socket=str(work / "live.sock"))
+    # Three stand-in servers (group trio) behind two more gateways: the affinity default and leastconn.
+    for name, balance in (("live_affinity", "affinity"), ("live_leastconn", "leastconn")):
+        cases[name] = dict(live, gateway_port=ports[name], gateway_admin_socket=str(work / f"{name}.sock"),
+                           gateway_backend_group="trio", gateway_balance=balance,
+                           gateway_health_check_interval="200ms")
     # The exporter's listener on every address, for the monitoring network 10.9.0.0/16 only (and loopback).
     cases["metrics"] = dict(live, gateway_bind_address="*", gateway_port=ports["metrics_claude"],
                             gateway_metrics_port=ports["metrics"], gateway_metrics_sources=["10.9.0.0/16"],
@@ -157,6 +170,8 @@ def rendered(tmp_path_factory, material, ports):
         "gateways": {"hosts": {name: dict(local, **variables) for name, variables in cases.items()},
                      "vars": {"gateway_backend_group": "backends"}},
         "backends": {"hosts": {"backend-a": {"ansible_host": "127.0.0.1", "vllm_port": ports["backend"]}}},
+        "trio": {"hosts": {name: {"ansible_host": "127.0.0.1", "vllm_port": port}
+                           for name, port in zip(TRIO, ports["trio"])}},
         "workstations": {"hosts": {"ws-a": {"claude_code_users": ["alice", {"name": "bob"}]}}},
     }}}
     (work / "inventory/group_vars").mkdir(parents=True)
@@ -277,6 +292,26 @@ def test_haproxy_accepts_the_rendered_config_and_it_is_hardened(name, rendered, 
             f"if {{ path -m str {path} }} !{{ method {methods} }}") for line in front), (path, methods)
     rules = [line for line in front if line.startswith("http-request ")]
     assert rules[-1].startswith("http-request wait-for-body")  # refusals first, from the headers alone
+    # how requests are spread (gateway_balance): affinity by default, a second backend for requests without the header
+    backend = parts[f"backend {contract.GATEWAY_BACKEND}"]
+    unkeyed = parts.get(f"backend {contract.GATEWAY_BACKEND}_no_session")
+    assert front[-1] == f"default_backend {contract.GATEWAY_BACKEND}"
+    if case.get("gateway_balance", "affinity") == "leastconn":
+        assert "balance leastconn" in backend and unkeyed is None
+        assert not any(line.startswith(("use_backend", "hash-")) for line in front + backend)
+    else:
+        header = case.get("gateway_affinity_header", "X-Claude-Code-Session-Id")
+        factor = case.get("gateway_affinity_balance_factor", 200)
+        assert f"balance hdr({header})" in backend and "hash-type consistent" in backend
+        assert [line for line in backend if line.startswith("hash-balance-factor")] == (
+            [f"hash-balance-factor {factor}"] if factor else [])
+        assert front[-2] == (f"use_backend {contract.GATEWAY_BACKEND}_no_session unless "
+                             f"{{ req.hdr({header}) -m len 1: }}")
+        assert "balance leastconn" in unkeyed
+        names = [line.split()[1] for line in backend if line.startswith("server ")]
+        assert names and [line.split()[1] for line in unkeyed if line.startswith("server ")] == names
+        assert all(line.endswith(f" track {contract.GATEWAY_BACKEND}/{line.split()[1]}")
+                   for line in unkeyed if line.startswith("server "))
     stats = parts.get("listen stats")
     assert (stats is not None) == bool(case.get("gateway_stats_listen"))
     if stats is not None:
@@ -331,8 +366,9 @@ def test_validate_refuses_bad_input_before_the_templates(name, rendered):
 class Backend:
     """A stand-in vLLM server on 127.0.0.1: records every request it gets, answers 200 with JSON."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, name: str = "backend-a-main"):
         self.seen: list[tuple[str, str]] = []
+        self.name = name
         backend = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -343,8 +379,11 @@ class Backend:
                 length = int(self.headers.get("Content-Length") or 0)
                 if length:
                     self.rfile.read(length)
+                delay = re.search(r"[?&]delay=([0-9.]+)", self.path)
+                if delay:  # a long request (a streamed answer) held open for that many seconds
+                    time.sleep(float(delay.group(1)))
                 body = json.dumps({"object": "list", "data": [{"id": SERVED, "object": "model"}],
-                                   "backend": self.path}, separators=(",", ":")).encode()
+                                   "backend": self.path, "server": backend.name}, separators=(",", ":")).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -638,6 +677,234 @@ def test_tls_refuses_tls11_and_ciphers_without_forward_secrecy(tls_gateway, back
     status, _, _ = request(port, "POST", "/invocations?probe=tlsinv", b"{}", tls=True)
     assert status == 404 and not backend.reached("probe=tlsinv")
 
+
+# ------------------------------------------------------------------------------ session affinity (gateway_balance)
+# Three stand-in servers behind two more gateways rendered from the same template: gateway_balance affinity (the
+# default: consistent hashing on Claude Code's session header, bounded load, requests without it by least
+# connections) and leastconn. Each stand-in names itself in its answer, so every request's server is known.
+SESSION_HEADER = "X-Claude-Code-Session-Id"  # what Claude Code 2.1.331 sends (seen with a recording server)
+
+
+@pytest.fixture(scope="module")
+def trio(ports):
+    servers = {f"{host}-main": Backend(port, f"{host}-main") for host, port in zip(TRIO, ports["trio"])}
+    yield servers
+    for server in servers.values():
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def affinity_gateway(rendered, material, trio, tmp_path_factory, ports):
+    process, sink, directory = running(rendered, material, trio, tmp_path_factory, "live_affinity",
+                                       ports["live_affinity"])
+    gateway = {"port": ports["live_affinity"], "socket": socket_of(rendered, "live_affinity")}
+    wait_for_status(gateway["socket"], {name: "UP" for name in trio})
+    yield gateway
+    stop(process)
+    if sink:
+        sink.close()
+
+
+@pytest.fixture(scope="module")
+def leastconn_gateway(rendered, material, trio, tmp_path_factory, ports):
+    process, sink, directory = running(rendered, material, trio, tmp_path_factory, "live_leastconn",
+                                       ports["live_leastconn"])
+    gateway = {"port": ports["live_leastconn"], "socket": socket_of(rendered, "live_leastconn")}
+    wait_for_status(gateway["socket"], {name: "UP" for name in trio})
+    yield gateway
+    stop(process)
+    if sink:
+        sink.close()
+
+
+def socket_of(rendered: dict, name: str) -> str:
+    return rendered[name]["cfg"].split("stats socket ", 1)[1].split()[0]
+
+
+def runtime(path: str, command: str) -> str:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(10)
+        client.connect(path)
+        client.sendall(f"{command}\n".encode())
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    return answer.decode()
+
+
+def stat_rows(path: str, backend: str) -> list[dict]:
+    import csv
+    import io
+    return [row for row in csv.DictReader(io.StringIO(runtime(path, "show stat").lstrip("# ")))
+            if row["pxname"] == backend and row["svname"] not in ("FRONTEND", "BACKEND")]
+
+
+def statuses(path: str, backend: str = contract.GATEWAY_BACKEND) -> dict[str, str]:
+    return {row["svname"]: row["status"] for row in stat_rows(path, backend)}
+
+
+def settled(gateway: dict) -> int:
+    """The gateway's port once no request runs on the main backend: the bound counts running requests, and
+    HAProxy counts one that has just been answered for a moment after its client has the answer (measured:
+    about 1 in 100 back-to-back requests of one conversation then moves, as a 5-minute burst would)."""
+    deadline = time.monotonic() + 5
+    while any(int(row["scur"] or 0) for row in stat_rows(gateway["socket"], contract.GATEWAY_BACKEND)):
+        assert time.monotonic() < deadline, "requests still running on the gateway"
+        time.sleep(0.005)
+    return gateway["port"]
+
+
+def wait_for_status(path: str, wanted: dict[str, str], backend: str = contract.GATEWAY_BACKEND, limit: float = 15):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if all(statuses(path, backend).get(name) == status for name, status in wanted.items()):
+            return
+        time.sleep(0.1)
+    pytest.fail(f"servers not {wanted} within {limit} s: {statuses(path, backend)}")
+
+
+def served_by(port: int, session: str | None = None, delay: float = 0) -> str:
+    """The stand-in server that answered one /v1/messages request (with the session header unless None)."""
+    headers = {"Content-Type": "application/json"}
+    if session is not None:
+        headers[SESSION_HEADER] = session
+    status, _, answer = request(port, "POST", "/v1/messages?beta=true" + (f"&delay={delay}" if delay else ""),
+                                b'{"model":"x","max_tokens":1,"messages":[]}', headers)
+    assert status == 200, answer
+    return json.loads(answer)["server"]
+
+
+class Held:
+    """A long request (a streamed answer) running in the background; .server once it is answered."""
+
+    def __init__(self, port: int, session: str | None, seconds: float):
+        self.server = None
+        self.thread = threading.Thread(target=self.run, args=(port, session, seconds), daemon=True)
+        self.thread.start()
+
+    def run(self, port, session, seconds):
+        self.server = served_by(port, session, seconds)
+
+    def result(self) -> str:
+        self.thread.join(timeout=30)
+        return self.server
+
+
+def homes(gateway: dict, count: int, prefix: str) -> dict[str, str]:
+    """count conversations and the server each one's requests go to on a quiet gateway."""
+    return {f"{prefix}-{i}": served_by(settled(gateway), f"{prefix}-{i}") for i in range(count)}
+
+
+def quiet_servers(gateway: dict, sessions) -> dict[str, str]:
+    return {session: served_by(settled(gateway), session) for session in sessions}
+
+
+def test_affinity_keeps_each_conversation_on_one_server_and_spreads_conversations(affinity_gateway, trio):
+    port = affinity_gateway["port"]
+    home = homes(affinity_gateway, 240, "spread")
+    counts = {name: list(home.values()).count(name) for name in trio}
+    assert all(count >= 40 for count in counts.values()), counts  # 80 each on average
+    for session in list(home)[:12]:
+        assert {served_by(settled(affinity_gateway), session) for _ in range(8)} == {home[session]}
+
+
+def test_requests_without_the_header_go_by_least_connections(affinity_gateway, trio):
+    """Not HAProxy's fallback for a missing hash header (round robin): two servers busy, the idle one takes all."""
+    port = affinity_gateway["port"]
+    held = [Held(port, None, 2.5)]
+    time.sleep(0.3)
+    held.append(Held(port, None, 2.5))
+    time.sleep(0.3)
+    quick = [served_by(port) for _ in range(5)] + [served_by(port, "")]  # an empty header is no conversation
+    busy = {request.result() for request in held}
+    assert len(busy) == 2 and len(set(quick)) == 1 and set(quick).isdisjoint(busy), (busy, quick)
+
+
+def test_a_conversation_stays_home_on_an_evenly_busy_fleet(affinity_gateway, trio):
+    port = affinity_gateway["port"]
+    home = homes(affinity_gateway, 30, "even")
+    one_each = {server: next(s for s, h in home.items() if h == server) for server in trio}
+    held = [Held(port, session, 2.0) for session in one_each.values()]
+    time.sleep(0.5)
+    others = [session for session in home if session not in one_each.values()][:9]
+    assert [served_by(port, session) for session in others] == [home[session] for session in others]
+    assert [request.result() for request in held] == list(one_each)
+
+
+def test_bounded_load_sends_a_busy_servers_overflow_elsewhere(affinity_gateway, trio):
+    """Six conversations of one server at once: the bound (200%: twice the average) keeps some there, moves
+    the rest; once the burst is over every one of them is back on its server."""
+    port = affinity_gateway["port"]
+    home = homes(affinity_gateway, 60, "burst")
+    crowded = max(trio, key=lambda server: list(home.values()).count(server))
+    sessions = [session for session, server in home.items() if server == crowded][:6]
+    assert len(sessions) == 6, home
+    held = []
+    for session in sessions:
+        held.append(Held(port, session, 2.0))
+        time.sleep(0.1)
+    servers = [request.result() for request in held]
+    assert 2 <= servers.count(crowded) < 6, servers
+    assert list(quiet_servers(affinity_gateway, sessions).values()) == [crowded] * 6
+
+
+def test_leastconn_sends_one_conversations_requests_to_whichever_server_is_idle(leastconn_gateway, trio):
+    """What gateway_balance leastconn does (and the gateway did before): the turn after a long one goes elsewhere."""
+    port = leastconn_gateway["port"]
+    held = Held(port, "one-conversation", 2.0)
+    time.sleep(0.3)
+    quick = [served_by(port, "one-conversation") for _ in range(4)]
+    assert held.result() not in quick, quick
+
+
+def test_draining_a_server_moves_its_conversations_and_only_those(affinity_gateway, trio, monkeypatch):
+    """The vllm role's drain (module haproxy_server, on the main backend only): the server's conversations go to
+    the others, every other conversation stays where it was, requests without the header leave it too, and the
+    drain waits for a request of its own still running in the header-less backend. Back to ready: all return."""
+    haproxy_module = load_module()
+    port, path = affinity_gateway["port"], affinity_gateway["socket"]
+    home = homes(affinity_gateway, 150, "drain")
+    drained = "trio-b-main"
+    # three long header-less requests, one on each server (least connections), so one runs on the drained one
+    running = []
+    for _ in trio:
+        running.append(Held(port, None, 2.5))
+        time.sleep(0.3)
+    result = run_module(monkeypatch, haproxy_module.main, {"socket": path, "backend": contract.GATEWAY_BACKEND,
+                                                           "server": drained, "state": "drain", "timeout": 30})
+    assert not result.failed and result.result["changed"] is True and result.result["sessions"] == 0, result.result
+    assert result.result["waited"] >= 1.0, result.result  # its header-less request finished first
+    assert sorted(request.result() for request in running) == sorted(trio)
+    assert statuses(path, f"{contract.GATEWAY_BACKEND}_no_session")[drained] == "DRAIN"
+    now = quiet_servers(affinity_gateway, home)
+    moved = {session for session in home if now[session] != home[session]}
+    assert moved == {session for session in home if home[session] == drained}
+    assert moved and drained not in now.values()
+    assert drained not in {served_by(port) for _ in range(6)}
+    result = run_module(monkeypatch, haproxy_module.main, {"socket": path, "backend": contract.GATEWAY_BACKEND,
+                                                           "server": drained, "state": "ready", "timeout": 30})
+    assert not result.failed and result.result["status"].startswith("UP")
+    assert quiet_servers(affinity_gateway, home) == home
+
+
+def test_a_failed_server_moves_its_conversations_and_only_those(affinity_gateway, trio, ports):
+    port, path = affinity_gateway["port"], affinity_gateway["socket"]
+    home = homes(affinity_gateway, 150, "fail")
+    failed = "trio-c-main"
+    trio[failed].close()
+    try:
+        wait_for_status(path, {failed: "DOWN"})
+        now = quiet_servers(affinity_gateway, home)
+        assert {s for s in home if now[s] != home[s]} == {s for s in home if home[s] == failed} != set()
+    finally:
+        trio[failed] = Backend(ports["trio"][TRIO.index("trio-c")], failed)
+    wait_for_status(path, {failed: "UP"})
+    assert quiet_servers(affinity_gateway, home) == home
+
+
+def load_module():
+    from conftest import load_plugin
+    return load_plugin("plugins/modules/haproxy_server.py", "haproxy_server_module")
 
 
 # ------------------------------------------------------------------------------------------ Prometheus exporter

@@ -31,6 +31,8 @@ CLAUDE_CODE = {"anthropic_base_url": "http://gpu-01:8000", "vllm_port": 8000, "s
 GATEWAY = {"host": "gw-01", "servers": [{"name": "gpu-01-main", "host": "gpu-01", "address": "10.0.0.5", "port": 8000}],
            "token_holders": [], "served_model_name": "Qwen3.5-27B", "vllm_port": 8000, "llm_api_token": TOKEN,
            "gateway_backend_group": "gpu_hosts", "gateway_workstation_group": "workstations", "gateway_port": 8000,
+           "gateway_balance": "affinity", "gateway_affinity_header": "X-Claude-Code-Session-Id",
+           "gateway_affinity_balance_factor": "200",
            "gateway_bind_address": "*", "gateway_admin_socket": "/run/haproxy/admin.sock",
            "gateway_stats_listen": "", "gateway_stats_user": "", "gateway_stats_password": "",
            "gateway_health_check_interval": "5s", "gateway_health_check_fall": 3, "gateway_health_check_rise": 2,
@@ -73,6 +75,10 @@ def test_every_role_refuses_a_served_name_with_a_slash(role):
      "llm_user_token_secret is set (a token per user) while claude_code_settings_scope is managed"),
     ("claude_code", {"claude_code_backup_keep": -1}, "claude_code_backup_keep"),
     ("gateway", {"servers": []}, "The group gpu_hosts (gateway_backend_group) has no hosts"),
+    ("gateway", {"gateway_balance": "roundrobin"}, "gateway_balance ('roundrobin') must be affinity or leastconn"),
+    ("gateway", {"gateway_affinity_header": "X-Claude-Code-Session-Id }"}, "must be an HTTP header name"),
+    ("gateway", {"gateway_affinity_balance_factor": "90"}, "gateway_affinity_balance_factor ('90') must be 0"),
+    ("gateway", {"gateway_affinity_balance_factor": True}, "gateway_affinity_balance_factor (True) must be 0"),
     ("gateway", {"gateway_tls_certificate": "-----BEGIN CERTIFICATE-----"}, "gateway_tls_private_key is empty"),
     ("gateway", {"gateway_tls_min_version": "TLSv1.1"}, "gateway_tls_min_version (TLSv1.1) must be TLSv1.2"),
     ("gateway", {"host": "gpu-01"}, "gateway_port 8000 is also a vLLM port on this host"),
@@ -90,6 +96,12 @@ def test_the_token_is_checked_only_where_it_is_used():
     assert preflight.vllm_preflight_problems(dict(VLLM, vllm_require_api_key=False, llm_api_token="")) == []
     assert preflight.vllm_preflight_problems(dict(VLLM, llm_api_token=""))[0].startswith("llm_api_token is empty")
     assert preflight.gateway_preflight_problems(dict(GATEWAY, gateway_health_check_token=False, llm_api_token="")) == []
+
+
+def test_leastconn_ignores_the_affinity_settings_and_0_turns_the_bound_off():
+    assert preflight.gateway_preflight_problems(dict(GATEWAY, gateway_balance="leastconn",
+                                                     gateway_affinity_balance_factor="90")) == []
+    assert preflight.gateway_preflight_problems(dict(GATEWAY, gateway_affinity_balance_factor=0)) == []
 
 
 # ------------------------------------------------------------------------------------------------ monitoring

@@ -5,7 +5,9 @@
 
 THREADS workers (default 2) each send Anthropic-format requests, PAUSE seconds apart (default 0.5: on
 a 2-core test machine back-to-back requests starve the restarting server's start-up), every other one streamed,
-the way Claude Code does, until STOP_FILE exists or MAX_SECONDS pass (the bound). A request counts as
+the way Claude Code does, until STOP_FILE exists or MAX_SECONDS pass (the bound). Even-numbered workers send
+a session header of their own, as Claude Code does (X-Claude-Code-Session-Id: the gateway keeps them on one
+server), odd ones none (the gateway's least-connections backend): a drain covers both paths. A request counts as
 failed on any HTTP status but 200, a network error, or a reply (or stream) without the model's text.
 Prints one JSON object: total, failed, the first failures, the longest time between two successful
 answers (a server out of service must not leave a gap), and the start and end times.
@@ -20,12 +22,14 @@ import urllib.error
 import urllib.request
 
 
-def one_request(base, model, token, stream):
+def one_request(base, model, token, stream, session=None):
     payload = {"model": model, "max_tokens": 32, "stream": stream,
                "messages": [{"role": "user", "content": "Reply with one short sentence."}]}
     request = urllib.request.Request(base + "/v1/messages", data=json.dumps(payload).encode(), method="POST",
                                      headers={"Content-Type": "application/json", "anthropic-version": "2023-06-01",
                                               "Authorization": "Bearer " + token})
+    if session:
+        request.add_header("X-Claude-Code-Session-Id", session)
     with urllib.request.urlopen(request, timeout=60) as answer:
         body = answer.read().decode("utf-8", "replace")
         if answer.status != 200:
@@ -50,10 +54,11 @@ def main():
 
     def worker(number):
         stream = bool(number % 2)
+        session = None if number % 2 else "request-loop-{}-{}".format(os.getpid(), number)
         while time.time() < deadline and not os.path.exists(stop_file):
             stream = not stream
             try:
-                one_request(base, model, token, stream)
+                one_request(base, model, token, stream, session)
                 error = None
             except urllib.error.HTTPError as exc:
                 error = "HTTP {} {}".format(exc.code, exc.read(200).decode("utf-8", "replace"))
