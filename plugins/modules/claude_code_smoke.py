@@ -14,9 +14,10 @@ description:
     the server C(GET /v1/models) (the served name listed exactly) and C(POST /v1/messages) (Anthropic format,
     with the user's C(ANTHROPIC_AUTH_TOKEN)), and names every broken setting with its symptom and fix.
   - The doctor also asks the model to call a tool (tool_choice auto, as Claude Code sends tools) and checks that
-    the answer holds a parsed C(tool_use) block: a C(--tool-call-parser) that does not match the model answers
-    200 with the call as plain text, and Claude Code silently stops using tools. That is the C(tools) step: FAIL
-    naming the parser to set (C(vllm_tool_call_parser)); warn when the model answered without calling the tool.
+    the answer holds a parsed C(tool_use) block. A C(--tool-call-parser) that does not match the model answers
+    200 with the call as plain text, and Claude Code silently stops using tools. The C(tools) step fails then,
+    naming the parser to set (C(vllm_tool_call_parser)), and warns when the model answered without calling the
+    tool.
   - When the doctor finds no error, runs the real C(claude -p PROMPT) as the user with a time limit and
     expects exit status 0 and a non-empty reply.
   - Never changes anything it manages and never fails by itself; the caller decides from C(ok).
