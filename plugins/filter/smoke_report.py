@@ -33,7 +33,7 @@ description:
 """
 
 STEPS = (("settings", "settings"), ("models", "GET /v1/models"), ("messages", "POST /v1/messages"),
-         ("claude", "claude -p"))
+         ("tools", "tool call"), ("claude", "claude -p"))
 
 
 def _result(hostvars, host, fact):

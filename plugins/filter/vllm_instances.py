@@ -21,13 +21,14 @@ from ansible_collections.claude_vllm.fleet.plugins.module_utils.fleet_contract i
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def vllm_normalize_instances(instances, port=8000, model="", tensor_parallel_size=1):
+def vllm_normalize_instances(instances, port=8000, model="", tensor_parallel_size=1, tool_call_parser=""):
     normalized = []
     for item in instances or []:
         entry = dict(item) if isinstance(item, dict) else {"name": item}
         entry.setdefault("port", port)
         entry.setdefault("model", model)
         entry.setdefault("tensor_parallel_size", tensor_parallel_size)
+        entry.setdefault("tool_call_parser", tool_call_parser)
         entry.setdefault("cuda_visible_devices", "")
         entry.setdefault("extra_args", [])
         entry.setdefault("extra_env", {})
@@ -48,7 +49,8 @@ def _port_problem(instance):
     return ""
 
 
-def vllm_instance_problems(instances):
+def vllm_instance_problems(instances, tool_calling=True):
+    """tool_calling: vllm_enable_tool_calling (without it no instance needs a parser)."""
     problems = []
     if not instances:
         return ["vllm_instances is empty: nothing would serve served_model_name. Fix: keep at least one instance."]
@@ -73,6 +75,11 @@ def vllm_instance_problems(instances):
         if not isinstance(instance.get("extra_args"), list) or not all(
                 isinstance(arg, (str, int, float)) for arg in instance.get("extra_args")):
             problems.append(f"vllm_instances[{name}].extra_args must be a list of strings.")
+        parser = instance.get("tool_call_parser")
+        if tool_calling and (not isinstance(parser, str) or not parser or parser.split() != [parser]):
+            problems.append(f"vllm_instances[{name}].tool_call_parser ({parser!r}) must be one vLLM "
+                            f"--tool-call-parser name, e.g. qwen3_coder or hermes. Fix: set it, or leave it out "
+                            f"to use vllm_tool_call_parser.")
         if not isinstance(instance.get("extra_env"), dict):
             problems.append(f"vllm_instances[{name}].extra_env must be a mapping of variable names to strings.")
     return problems

@@ -13,6 +13,11 @@ description:
     (C(~/.claude/settings.json) and the managed policy file), not the inventory's idea of them. The doctor asks
     the server C(GET /v1/models) (the served name listed exactly) and C(POST /v1/messages) (Anthropic format,
     with the user's C(ANTHROPIC_AUTH_TOKEN)), and names every broken setting with its symptom and fix.
+  - The doctor also asks the model to call a tool (tool_choice auto, as Claude Code sends tools) and checks that
+    the answer holds a parsed C(tool_use) block. A C(--tool-call-parser) that does not match the model answers
+    200 with the call as plain text, and Claude Code silently stops using tools. The C(tools) step fails then,
+    naming the parser to set (C(vllm_tool_call_parser)), and warns when the model answered without calling the
+    tool.
   - When the doctor finds no error, runs the real C(claude -p PROMPT) as the user with a time limit and
     expects exit status 0 and a non-empty reply.
   - Never changes anything it manages and never fails by itself; the caller decides from C(ok).
@@ -96,8 +101,9 @@ users:
     served_model_name: {description: The model the user's sonnet tier asks for., type: str}
     steps:
       description: >-
-        settings, models (GET /v1/models), messages (POST /v1/messages) and claude (claude -p), each a dict
-        with status (ok, FAIL, warn or skip), latency_ms (or null) and detail.
+        settings, models (GET /v1/models), messages (POST /v1/messages), tools (POST /v1/messages with a tool:
+        the server parsed the model's tool call) and claude (claude -p), each a dict with status (ok, FAIL,
+        warn or skip), latency_ms (or null) and detail.
       type: dict
     diagnosis:
       description: The doctor's errors (problem, symptom, fix), then the failure of claude -p if any.
@@ -149,10 +155,11 @@ def finding_line(finding):
 
 
 def server_step(report, check_id, timing_key):
-    """The status of one HTTP step from the doctor's findings for it."""
+    """The status of one HTTP step from the doctor's findings for it (check_id: one id or a tuple of ids)."""
     timings = (report.get("server") or {}).get("timings_ms") or {}
     latency = timings.get(timing_key)
-    own = [f for f in report.get("findings", []) if f.get("id") == check_id]
+    ids = (check_id,) if isinstance(check_id, str) else tuple(check_id)
+    own = [f for f in report.get("findings", []) if f.get("id") in ids]
     # A network error on an earlier request (server.health) means this step never ran.
     if not own:
         blocking = [f for f in report.get("findings", [])
@@ -162,9 +169,10 @@ def server_step(report, check_id, timing_key):
         if not (report.get("server") or {}).get("checked"):
             return step("skip", None, "server not checked (no usable ANTHROPIC_BASE_URL)")
         return step("skip", latency, "not reached")
+    rank = {"error": 0, "warning": 1, "info": 2, "ok": 3}
     worst = own[0]
     for finding in own:
-        if finding["severity"] == "error":
+        if rank.get(finding.get("severity"), 3) < rank.get(worst.get("severity"), 3):
             worst = finding
     status = {"ok": "ok", "info": "ok", "warning": "warn", "error": "FAIL"}[worst["severity"]]
     return step(status, latency, worst.get("problem", ""))
@@ -291,7 +299,7 @@ def test_user(module, name):
     result = {"user": name, "ok": False, "base_url": None, "served_model_name": None, "diagnosis": [],
               "doctor": None, "reply": None,
               "steps": {"settings": step("skip"), "models": step("skip"), "messages": step("skip"),
-                        "claude": step("skip")}}
+                        "tools": step("skip"), "claude": step("skip")}}
     try:
         account = pwd.getpwnam(name)
     except KeyError:
@@ -312,6 +320,7 @@ def test_user(module, name):
     steps["settings"] = settings_step(report)
     steps["models"] = server_step(report, "server.models", "models")
     steps["messages"] = server_step(report, "server.messages", "messages")
+    steps["tools"] = server_step(report, ("server.tools", "server.tool_call"), "tools")
     result["diagnosis"] = [finding_line(f) for f in report.get("findings", []) if f.get("severity") == "error"]
     if report.get("ok") is not True:
         steps["claude"] = step("skip", None, "not run: the doctor found errors (fix them first)")

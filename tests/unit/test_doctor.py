@@ -27,7 +27,7 @@ from importlib.util import module_from_spec, spec_from_loader
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, serve
 
 DOCTOR = REPO / "tools" / "claude-vllm-doctor"
 SERVED = "Qwen3.5-27B"
@@ -1199,3 +1199,134 @@ def test_server_answer_content_5_is_a_finding(tmp_path, capsys, hostile_server):
     report = check_json_output(out)
     finding = [f for f in report["findings"] if f["id"] == "server.messages"][0]
     assert finding["severity"] == "warning" and "no text" in finding["problem"]
+
+
+# ------------------------------------------------------------------ the tool-call check (server.tool_call)
+# A real local HTTP server answering POST /v1/messages as vLLM 0.32 does: the plain request with text, the
+# request with tools with what the test sets (the shapes of vLLM's answers with the right parser, a wrong
+# one, none). The real vLLM with the scripted tool-call model is the e2e scenario's (molecule/e2e/tool_calls.yml).
+
+class ToolServer(BaseHTTPRequestHandler):
+    tool_answer = None  # (status, body dict) for the request with tools
+    bodies = []
+
+    def do_GET(self):  # noqa: N802
+        answer = {"/health": (200, {}), "/v1/models": (200, json.loads(good_models()[2]))}.get(self.path, (404, {}))
+        self._send(*answer)
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        ToolServer.bodies.append(body)
+        if "tools" in body:
+            self._send(*self.tool_answer)
+        else:
+            self._send(200, json.loads(good_message()[2]))
+
+    def _send(self, status, data):
+        raw = json.dumps(data).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *_args):
+        pass
+
+
+def vllm_message(content, stop_reason="end_turn"):
+    return 200, {"id": "msg_1", "type": "message", "role": "assistant", "model": SERVED, "content": content,
+                 "stop_reason": stop_reason, "usage": {"input_tokens": 180, "output_tokens": 3}}
+
+
+HERMES_TEXT = '<tool_call>\n{"name": "Bash", "arguments": {"command": "echo hi"}}\n</tool_call>'
+
+
+def diagnose_tools(tmp_path, capsys, answer):
+    ToolServer.tool_answer, ToolServer.bodies = answer, []
+    httpd = serve(ToolServer)
+    try:
+        url = "http://127.0.0.1:{}".format(httpd.server_address[1])
+        path = write(tmp_path / "settings.json", settings(ANTHROPIC_BASE_URL=url))
+        code = doctor.main(["--settings", str(path), "--managed", str(tmp_path / "none"), "--no-project", "--json"],
+                           environ={})
+        report = json.loads(capsys.readouterr().out)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    found = [f for f in report["findings"] if f["id"] == "server.tool_call"]
+    return code, report, found[0] if found else None
+
+
+def test_tool_call_request_lets_the_parser_work(tmp_path, capsys):
+    """tool_choice auto (vLLM serves "tool" and "any" with guided JSON, never running the parser), one tool, a
+    prompt asking for it, room for the call."""
+    diagnose_tools(tmp_path, capsys, vllm_message([{"type": "text", "text": "ready"}]))
+    tools_body = [b for b in ToolServer.bodies if "tools" in b][0]
+    assert tools_body["tool_choice"] == {"type": "auto"}
+    assert [t["name"] for t in tools_body["tools"]] == [doctor.TOOL_NAME]
+    assert doctor.TOOL_NAME in tools_body["messages"][0]["content"] and tools_body["max_tokens"] >= 128
+
+
+def test_tool_use_block_with_parsed_input_passes(tmp_path, capsys):
+    code, report, finding = diagnose_tools(tmp_path, capsys, vllm_message(
+        [{"type": "tool_use", "id": "toolu_1", "name": "show_word", "input": {"word": "ready"}}], "tool_use"))
+    assert code == 0 and report["ok"]
+    assert finding["severity"] == "ok" and "show_word" in finding["problem"] and '"word": "ready"' in finding["problem"]
+    assert "tools" in report["server"]["timings_ms"]
+
+
+def test_a_call_of_another_tool_still_proves_the_parser(tmp_path, capsys):
+    code, _report, finding = diagnose_tools(tmp_path, capsys, vllm_message(
+        [{"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "echo hi"}}], "tool_use"))
+    assert code == 0 and finding["severity"] == "ok" and "the parser works" in finding["problem"]
+
+
+@pytest.mark.parametrize("text, parser", [
+    (HERMES_TEXT, "hermes"),                                                  # a parser that keeps the tags
+    ('\n{"name": "Bash", "arguments": {"command": "echo hi"}}\n', "hermes"),  # one that drops them (pythonic)
+    ("<tool_call>\n<function=show_word>\n<parameter=word>\nready\n</parameter>\n</function>\n</tool_call>",
+     "qwen3_coder"),
+    ('[TOOL_CALLS][{"name": "show_word", "arguments": {"word": "ready"}}]', "mistral"),
+    ('<|python_tag|>{"name": "show_word", "parameters": {"word": "ready"}}', "llama3_json"),
+])
+def test_an_unparsed_tool_call_fails_naming_the_parser_and_the_fix(tmp_path, capsys, text, parser):
+    code, report, finding = diagnose_tools(tmp_path, capsys, vllm_message([{"type": "text", "text": text}]))
+    assert code == 1 and not report["ok"]
+    assert [f["id"] for f in errors(report)] == ["server.tool_call"]
+    assert finding["key"] == "vllm --tool-call-parser"
+    assert "--tool-call-parser does not match the model" in finding["problem"]
+    assert "--tool-call-parser {}".format(parser) in finding["problem"]
+    assert "vllm_tool_call_parser: {}".format(parser) in finding["fix"] and "--tags vllm" in finding["fix"]
+    assert "silently stops using tools" in finding["symptom"]
+    # the plain request and the tools request themselves answered 200
+    assert {f["id"]: f["severity"] for f in report["findings"] if f["id"] in ("server.messages", "server.tools")} \
+        == {"server.messages": "ok", "server.tools": "ok"}
+
+
+def test_an_answer_without_a_call_is_only_a_warning(tmp_path, capsys):
+    """A real model may answer in words: not proven, not failed."""
+    code, report, finding = diagnose_tools(tmp_path, capsys, vllm_message(
+        [{"type": "text", "text": "Hello from the tiny scripted model."}]))
+    assert code == 0 and report["ok"] and finding["severity"] == "warning"
+    assert "without calling the tool" in finding["problem"] and "vllm_tool_call_parser" in finding["fix"]
+
+
+def test_a_call_cut_at_max_tokens_is_a_warning(tmp_path, capsys):
+    code, _report, finding = diagnose_tools(tmp_path, capsys, vllm_message(
+        [{"type": "text", "text": '<tool_call>\n{"name": "show_word", "argu'}], "max_tokens"))
+    assert code == 0 and finding["severity"] == "warning" and "cut at max_tokens" in finding["problem"]
+
+
+def test_a_tool_use_block_without_an_object_input_fails(tmp_path, capsys):
+    code, _report, finding = diagnose_tools(tmp_path, capsys, vllm_message(
+        [{"type": "tool_use", "id": "toolu_1", "name": "show_word", "input": "word=ready"}], "tool_use"))
+    assert code == 1 and finding["severity"] == "error" and "vllm_tool_call_parser" in finding["fix"]
+
+
+def test_without_tool_calling_the_400_is_reported_and_no_tool_call_finding(tmp_path, capsys):
+    code, report, finding = diagnose_tools(tmp_path, capsys, (400, {"type": "error", "error": {
+        "type": "BadRequestError", "message": "\"auto\" tool choice requires --enable-auto-tool-choice and "
+                                              "--tool-call-parser to be set"}}))
+    assert code == 1 and finding is None
+    assert [f["id"] for f in errors(report)] == ["server.tools"]

@@ -15,7 +15,8 @@ VLLM = {"host": "gpu-01", "served_model_name": "Qwen3.5-27B", "vllm_max_model_le
         "vllm_enable_tool_calling": True, "vllm_tool_call_parser": "qwen3_coder", "workstation_count": 2,
         "vllm_require_api_key": True, "llm_api_token": TOKEN, "vllm_installs_kept": 2,
         "vllm_ready_restarts_allowed": 1, "instances": [{"name": "main", "port": 8000, "model": "Qwen/Qwen3.5-27B",
-                                                         "extra_args": [], "extra_env": {}}],
+                                                         "tool_call_parser": "qwen3_coder", "extra_args": [],
+                                                         "extra_env": {}}],
         "vllm_allowed_sources": [], "vllm_metrics_sources": [],
         "vllm_allowed_requests": [{"method": "POST", "path": "/v1/messages"}], "per_user_tokens": False,
         "missing_models": [], "model_access_report": "", "vllm_model": "Qwen/Qwen3.5-27B"}

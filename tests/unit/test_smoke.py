@@ -66,6 +66,19 @@ def test_server_step_takes_the_worst_finding_and_the_latency():
         "status": "FAIL", "latency_ms": 12, "detail": "not served"}
 
 
+def test_tools_step_is_the_worst_of_the_tools_request_and_the_tool_call_check():
+    """server.tools (the request with tools answered) and server.tool_call (the call came back parsed)."""
+    findings = [{"id": "server.tools", "severity": "ok", "problem": "answered"},
+                {"id": "server.tool_call", "severity": "error", "problem": "returned the call as plain text"}]
+    report = {"server": {"checked": True, "timings_ms": {"tools": 40}}, "findings": findings}
+    assert smoke.server_step(report, ("server.tools", "server.tool_call"), "tools") == {
+        "status": "FAIL", "latency_ms": 40, "detail": "returned the call as plain text"}
+    findings[1]["severity"] = "warning"
+    assert smoke.server_step(report, ("server.tools", "server.tool_call"), "tools")["status"] == "warn"
+    findings[1]["severity"] = "ok"
+    assert smoke.server_step(report, ("server.tools", "server.tool_call"), "tools")["status"] == "ok"
+
+
 def test_server_step_reports_the_blocking_network_error():
     report = {"server": {"checked": True, "timings_ms": {"health": 3}},
               "findings": [{"id": "server.health", "severity": "error", "problem": "Connection refused at x"}]}
@@ -91,6 +104,7 @@ def user_result(name, ok, claude="ok", diagnosis=()):
             "steps": {"settings": {"status": "ok", "latency_ms": None},
                       "models": {"status": "ok", "latency_ms": 4},
                       "messages": {"status": "ok" if ok else "FAIL", "latency_ms": 1520},
+                      "tools": {"status": "ok" if ok else "FAIL", "latency_ms": 350},
                       "claude": {"status": claude, "latency_ms": 12400}}}
 
 
@@ -102,9 +116,9 @@ def test_table_lists_every_user_failures_and_hosts_without_result():
     }
     lines = report_filters.smoke_table(hostvars, ["ws-1", "ws-2", "ws-3"], "smoke")
     assert lines[0].split() == ["HOST", "USER", "BASE", "URL", "SERVED", "NAME", "settings", "GET", "/v1/models",
-                                "POST", "/v1/messages", "claude", "-p", "RESULT"]
+                                "POST", "/v1/messages", "tool", "call", "claude", "-p", "RESULT"]
     assert lines[1].split()[:2] == ["ws-1", "alice"] and lines[1].endswith("PASS")
-    assert "ok 4ms" in lines[1] and "ok 1.5s" in lines[1] and "ok 12s" in lines[1]
+    assert "ok 4ms" in lines[1] and "ok 1.5s" in lines[1] and "ok 350ms" in lines[1] and "ok 12s" in lines[1]
     assert lines[3].endswith("FAIL") and "skip" in lines[3]
     assert "2 of 3 user(s) passed on 2 host(s)." in lines
     assert "ws-2 / carol: ANTHROPIC_BASE_URL: ends in /v1" in lines

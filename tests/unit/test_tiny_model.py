@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -136,6 +137,7 @@ def steps(tmp_path_factory, background) -> dict:
         # every conversation, greedy and four draws at temperature 1
         "generated": background.submit(generate, out, CONVERSATIONS, [None, 0], 4),
         "other_reply": background.submit(rebuild_with_other_reply, out, other / "model", OTHER_REPLY),
+        "tool_call": background.submit(build_tool_call_model, tmp_path_factory.mktemp("tools") / "model"),
     }
 
 
@@ -216,3 +218,46 @@ def test_a_foreign_directory_is_never_replaced(tmp_path):
     result = run_builder(str(tmp_path), check=False)
     assert result.returncode == 2 and "not a tiny-model directory" in result.stderr
     assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
+
+
+# The tool-call fixture: every answer is this call in the Hermes format (what the e2e scenario serves with
+# vLLM's hermes parser, and with a wrong one).
+TOOL_CALL = {"name": "Bash", "arguments": {"command": "echo \"tool ran\" > proof.txt"}}
+
+
+def build_tool_call_model(out: Path) -> dict:
+    run_builder(str(out), "--tool-call", json.dumps(TOOL_CALL))
+    return {"model_dir": out, "output": generate(out, CONVERSATIONS, [None, 3], 2)}
+
+
+def test_tool_call_model_answers_every_prompt_with_the_hermes_call(steps):
+    built = steps["tool_call"].result()
+    record = fixture(built["model_dir"])
+    expected_text = '<tool_call>\n{"name": "Bash", "arguments": {"command": "echo \\"tool ran\\" > proof.txt"}}\n</tool_call>'
+    assert record["reply"] == expected_text and record["tool_call"] == TOOL_CALL
+    assert len(record["reply_token_ids"]) == 3  # the tags and the JSON line as one added token
+    assert record["min_logit_margin"] >= 30
+    expected = record["reply_token_ids"] + [record["eos_token_id"]]
+    for item in built["output"]["results"]:
+        assert all(run == expected for run in item["runs"]), item["prompt"][-300:]
+    assert set(built["output"]["decoded"]) == {expected_text + "<|im_end|>"}
+    # what vLLM's hermes parser does with it (its regex, then json.loads of the inside)
+    inside = re.findall(r"<tool_call>(.*?)</tool_call>", expected_text, re.DOTALL)
+    assert [json.loads(text) for text in inside] == [TOOL_CALL]
+
+
+def test_tool_call_model_keeps_the_sentence_models_cache(model_dir):
+    """The option is off by default: the sentence model's recorded parameters have no tool_call key."""
+    assert "tool_call" not in fixture(model_dir)["parameters"]
+
+
+@pytest.mark.parametrize("call, message", [
+    ("not json", "--tool-call is not JSON"),
+    ('{"name": "Bash"}', "must be an object with exactly"),
+    ('{"name": "", "arguments": {}}', "must be an object with exactly"),
+    ('{"name": "Bash", "arguments": "echo"}', "must be an object with exactly"),
+])
+def test_a_malformed_tool_call_is_refused_before_building(tmp_path, call, message):
+    result = run_builder(str(tmp_path / "m"), "--tool-call", call, check=False)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "m").exists()
