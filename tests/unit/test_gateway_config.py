@@ -22,6 +22,7 @@ need root). GATEWAY_TEMPLATE=PATH renders another template instead (e.g. an olde
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -491,30 +492,31 @@ def backend(ports):
     server.close()
 
 
-def running(rendered, material, backend, tmp_path_factory, name, port):
+@contextlib.contextmanager
+def running(rendered, material, tmp_path_factory, name, port):
+    """A real HAProxy on the rendered configuration `name`: (process, log sink or None, directory); stopped on exit."""
     directory = tmp_path_factory.mktemp(name)
     text, log_socket = live_config(rendered, name, material, directory)
     sink = LogSink(log_socket) if log_socket else None
     process = start_haproxy(text, rendered[name]["env"], directory, port)
-    return process, sink, directory
+    try:
+        yield process, sink, directory
+    finally:
+        stop(process)
+        if sink:
+            sink.close()
 
 
 @pytest.fixture(scope="module")
 def gateway(rendered, material, backend, tmp_path_factory, ports):
-    process, sink, directory = running(rendered, material, backend, tmp_path_factory, "live", ports["live"])
-    yield {"port": ports["live"], "sink": sink, "directory": directory, "process": process}
-    stop(process)
-    if sink:
-        sink.close()
+    with running(rendered, material, tmp_path_factory, "live", ports["live"]) as (process, sink, directory):
+        yield {"port": ports["live"], "sink": sink, "directory": directory, "process": process}
 
 
 @pytest.fixture(scope="module")
 def tls_gateway(rendered, material, backend, tmp_path_factory, ports):
-    process, sink, directory = running(rendered, material, backend, tmp_path_factory, "live_tls", ports["live_tls"])
-    yield {"port": ports["live_tls"]}
-    stop(process)
-    if sink:
-        sink.close()
+    with running(rendered, material, tmp_path_factory, "live_tls", ports["live_tls"]):
+        yield {"port": ports["live_tls"]}
 
 
 def request(port, method, path, body=None, headers=None, tls=False):
@@ -693,28 +695,22 @@ def trio(ports):
         server.close()
 
 
+def trio_gateway(rendered, material, trio, tmp_path_factory, ports, name):
+    """The gateway `name` in front of the three stand-ins, once its health checks see them all UP."""
+    with running(rendered, material, tmp_path_factory, name, ports[name]):
+        gateway = {"port": ports[name], "socket": socket_of(rendered, name)}
+        wait_for_status(gateway["socket"], {server: "UP" for server in trio})
+        yield gateway
+
+
 @pytest.fixture(scope="module")
 def affinity_gateway(rendered, material, trio, tmp_path_factory, ports):
-    process, sink, directory = running(rendered, material, trio, tmp_path_factory, "live_affinity",
-                                       ports["live_affinity"])
-    gateway = {"port": ports["live_affinity"], "socket": socket_of(rendered, "live_affinity")}
-    wait_for_status(gateway["socket"], {name: "UP" for name in trio})
-    yield gateway
-    stop(process)
-    if sink:
-        sink.close()
+    yield from trio_gateway(rendered, material, trio, tmp_path_factory, ports, "live_affinity")
 
 
 @pytest.fixture(scope="module")
 def leastconn_gateway(rendered, material, trio, tmp_path_factory, ports):
-    process, sink, directory = running(rendered, material, trio, tmp_path_factory, "live_leastconn",
-                                       ports["live_leastconn"])
-    gateway = {"port": ports["live_leastconn"], "socket": socket_of(rendered, "live_leastconn")}
-    wait_for_status(gateway["socket"], {name: "UP" for name in trio})
-    yield gateway
-    stop(process)
-    if sink:
-        sink.close()
+    yield from trio_gateway(rendered, material, trio, tmp_path_factory, ports, "live_leastconn")
 
 
 def socket_of(rendered: dict, name: str) -> str:
@@ -919,11 +915,8 @@ def local_non_loopback_address():
 
 @pytest.fixture(scope="module")
 def metrics_gateway(rendered, material, backend, tmp_path_factory, ports):
-    process, sink, directory = running(rendered, material, backend, tmp_path_factory, "metrics", ports["metrics"])
-    yield {"port": ports["metrics"], "claude_port": ports["metrics_claude"]}
-    stop(process)
-    if sink:
-        sink.close()
+    with running(rendered, material, tmp_path_factory, "metrics", ports["metrics"]):
+        yield {"port": ports["metrics"], "claude_port": ports["metrics_claude"]}
 
 
 def test_no_monitoring_hosts_no_exporter_listener(rendered):
