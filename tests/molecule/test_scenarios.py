@@ -51,7 +51,9 @@ def run_scenario(scenario):
     """One `molecule test -s scenario`: (rc, seconds, log path)."""
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = LOG_DIR / f"molecule-{scenario}.log"
-    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", PY_COLORS="0", NO_COLOR="1", FLEET_CACHE_DIR=str(CACHE))
+    # profile_tasks stamps each task with the time and its duration, so the log says where a run's minutes go.
+    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", PY_COLORS="0", NO_COLOR="1", FLEET_CACHE_DIR=str(CACHE),
+               ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     started = time.monotonic()
     with open(log, "w") as handle:
