@@ -246,7 +246,9 @@ def fleet_access_ruleset(spec):
     """The nftables ruleset (text for `nft -f`) that lets only loopback and the allowed sources reach the ports.
 
     spec: {table: name (default claude_vllm_fleet), ports: [8000, ...], sources: [...], resolved: {name: [...]},
-    what: the ports' kind, naming the set and the chain (default vllm: set vllm_ports, chain vllm_access)}.
+    what: the ports' kind, naming the set and the chain (default vllm: set vllm_ports, chain vllm_access),
+    peer_ports: [29501, ...] and peers: [...] (multi-node instances: the leader's rendezvous ports, which only
+    loopback and the other hosts of its node group reach; left out of the text when there are none)}.
     Its own `inet` table, replaced atomically on every load (declare, delete, define in one transaction), so a
     reload never leaves the ports open and never touches anyone else's tables. Connections to other ports are
     not looked at. Loopback covers this host's own addresses (packets to them arrive on lo). Everything else
@@ -278,17 +280,43 @@ def fleet_access_ruleset(spec):
     lines += _set_block(f"{what}_ports", "inet_service", [str(port) for port in ports], interval=False)
     lines += _set_block("allowed_ipv4", "ipv4_addr", addresses["ipv4"], interval=True)
     lines += _set_block("allowed_ipv6", "ipv6_addr", addresses["ipv6"], interval=True)
+    peer_ports = [port for port in _ports(spec.get("peer_ports")) if port not in ports]
+    peers = list(spec.get("peers") or [])
+    peer_addresses = fleet_access_addresses(peers, resolved)
+    if peer_ports:
+        lines += _set_block(f"{what}_peer_ports", "inet_service", [str(port) for port in peer_ports], interval=False)
+        lines += _set_block("peers_ipv4", "ipv4_addr", peer_addresses["ipv4"], interval=True)
+        lines += _set_block("peers_ipv6", "ipv6_addr", peer_addresses["ipv6"], interval=True)
     lines += ["\tchain input {",
               "\t\ttype filter hook input priority filter; policy accept;",
-              f"\t\ttcp dport @{what}_ports jump {what}_access",
-              "\t}",
+              f"\t\ttcp dport @{what}_ports jump {what}_access"]
+    if peer_ports:
+        lines.append(f"\t\ttcp dport @{what}_peer_ports jump {what}_peer_access")
+    lines += ["\t}",
               f"\tchain {what}_access {{",
               '\t\tiif "lo" accept',
               "\t\tip saddr @allowed_ipv4 accept",
               "\t\tip6 saddr @allowed_ipv6 accept",
               "\t\tcounter reject with tcp reset",
-              "\t}",
-              "}"]
+              "\t}"]
+    if peer_ports:
+        lines += [f"\tchain {what}_peer_access {{",
+                  '\t\tiif "lo" accept',
+                  "\t\tip saddr @peers_ipv4 accept",
+                  "\t\tip6 saddr @peers_ipv6 accept",
+                  "\t\tcounter reject with tcp reset",
+                  "\t}"]
+    lines.append("}")
+    if peer_ports:
+        # The comment block above the table names them too (what `nft list` does not show).
+        header = ["# Multi-node rendezvous ports " + ", ".join(str(port) for port in peer_ports)
+                  + ": only loopback and the node group's other hosts reach them:"]
+        for peer in peers:
+            found = [str(network) if network.num_addresses > 1 else str(network.network_address)
+                     for network in _networks_of(peer, resolved)]
+            header.append(f"#   {_printable(peer)}: " + (", ".join(found) if found else "does not resolve here: left out"))
+        index = lines.index(f"table inet {table}")
+        lines[index:index] = header
     return "\n".join(lines) + "\n"
 
 

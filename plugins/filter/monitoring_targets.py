@@ -97,7 +97,7 @@ def monitoring_scrape_configs(groups, hostvars, vllm_port=8000, dcgm_port=0, gpu
     jobs = []
 
     vllm = []
-    for server in gateway_servers(hostvars, groups.get(gpu_group, []), vllm_port):
+    for server in gateway_servers(hostvars, groups.get(gpu_group, []), vllm_port, groups):
         vllm.append({"targets": [_target(server["address"], server["port"])],
                      "labels": {"fleet_host": server["host"], "vllm_instance": server["instance"],
                                 "served_model_name": str(_get(hostvars, server["host"], "served_model_name", ""))}})

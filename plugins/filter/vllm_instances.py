@@ -90,12 +90,14 @@ def vllm_missing_model_problem(path, host):
             f"Fix: copy the model there first, or use a Hugging Face id (e.g. Qwen/Qwen3.5-27B).")
 
 
-def gateway_servers(hostvars, hosts, default_port=8000):
+def gateway_servers(hostvars, hosts, default_port=8000, groups=None):
     """The servers a gateway sends requests to: every vLLM instance of every host, as HAProxy servers.
 
     Each is {name: HOST-INSTANCE, host, instance, address (ansible_host or the name), port}. Inventory variables
     are read through hostvars (vllm_instances, vllm_port); a host without vllm_instances has the role's
-    default single instance (DEFAULT_INSTANCE) on vllm_port.
+    default single instance (DEFAULT_INSTANCE) on vllm_port. A multi-node instance (key node_group) is served
+    by its leader only, the first host of that inventory group (`groups`, else the host's own `groups`): its
+    workers answer no HTTP.
     """
     servers = []
     for host in hosts or []:
@@ -109,6 +111,8 @@ def gateway_servers(hostvars, hosts, default_port=8000):
         for instance in instances:
             if not isinstance(instance, dict):
                 continue
+            if instance.get("node_group") and not _is_leader(groups, get, host, instance["node_group"]):
+                continue
             instance_port = instance.get("port", port)
             if isinstance(instance_port, str) and re.fullmatch(r"[0-9]+", instance_port):
                 instance_port = int(instance_port)  # anything else is kept as written, for the gateway's check
@@ -120,6 +124,12 @@ def gateway_servers(hostvars, hosts, default_port=8000):
                 "port": instance_port,
             })
     return servers
+
+
+def _is_leader(groups, get, host, group):
+    groups = groups if groups is not None else get("groups", None)
+    members = list((groups or {}).get(group) or []) if hasattr(groups, "get") else []
+    return bool(members) and members[0] == host
 
 
 class FilterModule:

@@ -432,6 +432,11 @@ GATEWAY_METRICS_PORT = 8405
 SCRAPE_JOBS = {"vllm": "vllm", "gateway": "haproxy", "node": "node", "dcgm": "dcgm"}
 
 
+# Multi-node instances (role vllm, plugins/filter/vllm_multinode.py): an instance's node_group names an
+# inventory group with this prefix; playbooks/gpu_hosts.yml finds the groups it restarts as one batch by it.
+VLLM_NODE_GROUP_PREFIX = "vllm_nodes_"
+
+
 # What the lookup claude_vllm.fleet.fleet_contract answers: the contract's values, by name.
 CONTRACT = {
     "gateway_backend": GATEWAY_BACKEND,
@@ -450,4 +455,5 @@ CONTRACT = {
     "node_exporter_textfile_dir": NODE_EXPORTER_TEXTFILE_DIR,
     "smoke_textfile_prefix": SMOKE_TEXTFILE_PREFIX,
     "workstation_expected_metric": WORKSTATION_EXPECTED_METRIC,
+    "vllm_node_group_prefix": VLLM_NODE_GROUP_PREFIX,
 }

@@ -27,7 +27,7 @@ LOG_DIR = REPO / ".cache" / "logs"
 CACHE = load_plugin("tools/test_assets.py", "fleet_test_assets").default_cache_dir()
 
 # Minutes each scenario took on a 2-core machine run alone (CI figures): only used to balance the lanes.
-EXPECTED_MINUTES = {"rollout": 29, "e2e": 21, "vllm": 13, "claude_code": 5, "nvidia_cuda": 5}
+EXPECTED_MINUTES = {"rollout": 29, "e2e": 21, "vllm": 13, "datacenter": 12, "claude_code": 5, "nvidia_cuda": 5}
 
 
 def scenarios():
