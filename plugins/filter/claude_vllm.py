@@ -45,6 +45,9 @@ from ansible_collections.claude_vllm.fleet.plugins.module_utils.fleet_contract i
     redact_url,
     served_model_name_problem,
     tier_model_env,
+    fleet_tier_names,
+    fleet_served_names,
+    served_model_tiers_problems,
     token_problem,
 )
 
@@ -365,6 +368,9 @@ class FilterModule:
             "fleet_rule_problems": fleet_rule_problems,
             "fleet_base_url": fleet_base_url,
             "tier_model_env": tier_model_env,
+            "fleet_tier_names": fleet_tier_names,
+            "fleet_served_names": fleet_served_names,
+            "served_model_tiers_problems": served_model_tiers_problems,
             "gateway_server_name": gateway_server_name,
         }
 

@@ -70,9 +70,49 @@ def fleet_base_url(groups, hostvars, vllm_port):
     return f"http://{address}:{vllm_port}"
 
 
-def tier_model_env(served_model_name):
-    """ANTHROPIC_DEFAULT_<TIER>_MODEL for every tier alias, each mapped to the served name."""
-    return {f"ANTHROPIC_DEFAULT_{alias.upper()}_MODEL": served_model_name for alias in MODEL_ALIASES}
+def fleet_tier_names(served_model_name, served_model_tiers=None):
+    """{tier alias: served name} for every tier alias: served_model_tiers' entry, else served_model_name.
+
+    served_model_tiers (shared, optional, default {}) gives a tier its own served name, e.g. {"haiku": "Qwen3-4B"}
+    to send Claude Code's haiku-tier requests to a small model; with it empty every tier is served_model_name.
+    """
+    tiers = served_model_tiers if isinstance(served_model_tiers, dict) else {}
+    return {alias: tiers.get(alias) or served_model_name for alias in MODEL_ALIASES}
+
+
+def fleet_served_names(served_model_name, served_model_tiers=None):
+    """The distinct served names the fleet's tiers ask for: served_model_name first, then the others in tier order."""
+    names = [served_model_name]
+    for name in fleet_tier_names(served_model_name, served_model_tiers).values():
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def served_model_tiers_problems(served_model_tiers, variable="served_model_tiers"):
+    """Each entry must name a tier alias and a valid served name (served_model_name_problem's rules)."""
+    if served_model_tiers in (None, ""):
+        return []
+    if not isinstance(served_model_tiers, dict):
+        return [f"{variable} ({_shorten(served_model_tiers)}) must be a mapping of tier alias to served name, e.g. "
+                f"{{haiku: Qwen3-4B}}. Fix: write it as a mapping, or leave it {{}} (every tier is served_model_name)."]
+    problems = []
+    for alias, name in served_model_tiers.items():
+        if alias not in MODEL_ALIASES:
+            problems.append(f"{variable} has the key {_shorten(alias)}, which is not a tier alias: Claude Code only "
+                            f"resolves {', '.join(MODEL_ALIASES)} through ANTHROPIC_DEFAULT_<TIER>_MODEL. "
+                            f"Fix: use one of {', '.join(MODEL_ALIASES)}.")
+            continue
+        problem = served_model_name_problem(name, f"{variable}.{alias}")
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def tier_model_env(served_model_name, served_model_tiers=None):
+    """ANTHROPIC_DEFAULT_<TIER>_MODEL for every tier alias: the tier's served name (fleet_tier_names)."""
+    return {f"ANTHROPIC_DEFAULT_{alias.upper()}_MODEL": name
+            for alias, name in fleet_tier_names(served_model_name, served_model_tiers).items()}
 
 
 # Claude Code's own default output budget (it asks for max_tokens 32000 per request).

@@ -144,3 +144,36 @@ def test_the_inventory_derives_a_root_base_url_the_rules_accept(groups, hostvars
 def test_the_bundled_inventory_uses_the_contracts_base_url():
     shared = yaml.safe_load((REPO / "inventory/default/group_vars/all.yml").read_text())
     assert "claude_vllm.fleet.fleet_base_url" in shared["anthropic_base_url"]
+
+
+# ------------------------------------------------------------------ tiers on their own served names
+def test_without_tiers_every_tier_is_the_served_name():
+    assert contract.fleet_tier_names("big", {}) == {"sonnet": "big", "opus": "big", "haiku": "big"}
+    assert contract.fleet_tier_names("big", None) == contract.fleet_tier_names("big", {})
+    assert contract.fleet_served_names("big", {}) == ["big"]
+    assert contract.tier_model_env("big") == {f"ANTHROPIC_DEFAULT_{a.upper()}_MODEL": "big"
+                                              for a in contract.MODEL_ALIASES}
+
+
+def test_a_tier_of_its_own_gets_its_name_and_the_others_keep_the_served_name():
+    assert contract.fleet_tier_names("big", {"haiku": "small"}) == {"sonnet": "big", "opus": "big", "haiku": "small"}
+    assert contract.fleet_served_names("big", {"haiku": "small", "opus": "big"}) == ["big", "small"]
+    assert contract.fleet_served_names("big", {"opus": "huge", "haiku": "small"}) == ["big", "huge", "small"]
+    assert contract.tier_model_env("big", {"haiku": "small"})["ANTHROPIC_DEFAULT_HAIKU_MODEL"] == "small"
+    assert contract.tier_model_env("big", {"haiku": "small"})["ANTHROPIC_DEFAULT_SONNET_MODEL"] == "big"
+
+
+@pytest.mark.parametrize("tiers, fragment", [
+    ({"mini": "small"}, "'mini', which is not a tier alias"),
+    ({"haiku": "Qwen/Qwen3-4B"}, "served_model_tiers.haiku ('Qwen/Qwen3-4B') contains '/'"),
+    ({"haiku": ""}, "served_model_tiers.haiku is empty"),
+    (["haiku", "small"], "must be a mapping of tier alias to served name"),
+])
+def test_bad_tiers_are_refused_naming_the_entry(tiers, fragment):
+    problems = contract.served_model_tiers_problems(tiers)
+    assert len(problems) == 1 and fragment in problems[0], problems
+
+
+def test_good_tiers_have_no_problem():
+    assert contract.served_model_tiers_problems({}) == []
+    assert contract.served_model_tiers_problems({"haiku": "Qwen3-4B", "opus": "Qwen3.5-27B"}) == []
