@@ -238,12 +238,17 @@ def users_env_problems(entries, managed_keys, conflicting_keys, variable="claude
     return problems
 
 
-def fleet_disagreements(hostvars, hosts, variable, local_value, this_host=None):
+_NOT_SET = "(not set)"
+
+
+def fleet_disagreements(hostvars, hosts, variable, local_value, this_host=None, unset=_NOT_SET):
     """One message naming the hosts of the other side (gpu_hosts or workstations) that disagree with this one.
 
     Reads each host's own variables through hostvars, so a group_vars or host_vars override on one side
     only is caught before anything changes; "" when every host agrees. this_host (inventory_hostname) is
-    skipped: a host in both groups is not compared with itself (its play may set the variable).
+    skipped: a host in both groups is not compared with itself (its play may set the variable). unset: the
+    value an optional variable has where it is not set or empty (served_model_tiers: {}); by default an unset
+    variable is a disagreement.
     """
     differing = {}
     for host in hosts or []:
@@ -251,9 +256,11 @@ def fleet_disagreements(hostvars, hosts, variable, local_value, this_host=None):
             continue
         try:
             values = hostvars[host]
-            value = values.get(variable, "(not set)") if hasattr(values, "get") else "(not set)"
+            value = values.get(variable, _NOT_SET) if hasattr(values, "get") else _NOT_SET
         except KeyError:
             continue
+        if unset != _NOT_SET and value in (_NOT_SET, None, ""):
+            value = unset
         if value != local_value and str(value) != str(local_value):
             differing[host] = value
     if not differing:

@@ -5,7 +5,8 @@
   when set, else its inventory name: the sources the gateways, the vLLM instances and the node exporters
   let read their metrics (nobody else).
 - ``monitoring_scrape_configs(groups, hostvars, ...)``: Prometheus ``scrape_configs``: every vLLM instance of
-  every GPU host (job ``vllm``, labels fleet_host, vllm_instance, served_model_name), every gateway's
+  every GPU host (job ``vllm``, labels fleet_host, vllm_instance, served_model_name: the instance's own, else the
+  host's), every gateway's
   exporter (job ``haproxy``, label fleet_host), the node exporter of every GPU host, gateway and
   monitoring host (job ``node``, labels fleet_host, fleet_group), and with ``dcgm_port`` set NVIDIA's DCGM
   exporter on every GPU host (job ``dcgm``, label fleet_host). Jobs without targets are left out.
@@ -100,7 +101,9 @@ def monitoring_scrape_configs(groups, hostvars, vllm_port=8000, dcgm_port=0, gpu
     for server in gateway_servers(hostvars, groups.get(gpu_group, []), vllm_port, groups):
         vllm.append({"targets": [_target(server["address"], server["port"])],
                      "labels": {"fleet_host": server["host"], "vllm_instance": server["instance"],
-                                "served_model_name": str(_get(hostvars, server["host"], "served_model_name", ""))}})
+                                # the instance's own served name (a tier on another model), else the host's
+                                "served_model_name": str(server["served_model_name"]
+                                                         or _get(hostvars, server["host"], "served_model_name", ""))}})
     if vllm:
         jobs.append({"job_name": SCRAPE_JOBS["vllm"], "metrics_path": "/metrics", "static_configs": vllm})
 

@@ -82,7 +82,8 @@ def vllm_preflight_problems(inputs):
         problems.append(f"vllm_ready_restarts_allowed ({inputs.get('vllm_ready_restarts_allowed')}) must be 0 or "
                         f"more. Fix: set 0 to fail at the first exit while starting, or 1 (the default) to "
                         f"tolerate one.")
-    problems += vllm_instance_problems(inputs.get("instances"), bool(inputs.get("vllm_enable_tool_calling", True)))
+    problems += vllm_instance_problems(inputs.get("instances"), bool(inputs.get("vllm_enable_tool_calling", True)),
+                                       inputs.get("served_model_name"), inputs.get("served_model_tiers"))
     problems += fleet_access_source_problems(inputs.get("vllm_allowed_sources"))
     problems += fleet_access_source_problems(inputs.get("vllm_metrics_sources"), "vllm_metrics_sources")
     problems += _allowed_requests_problems(inputs.get("vllm_allowed_requests"))

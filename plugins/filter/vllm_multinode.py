@@ -66,8 +66,8 @@ from ansible_collections.claude_vllm.fleet.plugins.module_utils.fleet_contract i
 
 # What the members of a node group must agree on: the instance's own keys (the unit's arguments), and the
 # role variables that shape the engine. Each is compared as the inventory gives it, on every member.
-SHARED_INSTANCE_KEYS = ("model", "port", "tensor_parallel_size", "pipeline_parallel_size", "extra_args",
-                        "node_group", "master_port")
+SHARED_INSTANCE_KEYS = ("model", "served_model_name", "port", "tensor_parallel_size", "pipeline_parallel_size",
+                        "extra_args", "node_group", "master_port")
 SHARED_VARIABLES = ("vllm_version", "vllm_device", "vllm_model", "vllm_model_revision", "vllm_max_model_len",
                     "vllm_dtype", "vllm_enforce_eager", "vllm_tensor_parallel_size", "vllm_extra_args",
                     "vllm_multinode_master_port", "served_model_name")

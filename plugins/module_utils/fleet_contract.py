@@ -411,6 +411,12 @@ rule("claude_code_model_alias")(model_alias_problem)
 rule("llm_api_token")(token_problem)
 
 
+@rule("served_model_tiers")
+def served_model_tiers_rule(served_model_tiers):
+    """Every bad entry of served_model_tiers, in one message (the rules return one message each)."""
+    return " ".join(served_model_tiers_problems(served_model_tiers))
+
+
 @rule("anthropic_base_url", "vllm_port")
 def base_url_rule(anthropic_base_url, vllm_port):
     """The base URL, unless it names a port that port_problem already refuses (one message, not two)."""

@@ -185,6 +185,19 @@ def test_fleet_agreement_does_not_compare_a_host_with_itself():
     assert "box has 65536" in filters.fleet_disagreements(hostvars, ["box"], "vllm_max_model_len", 32768, "other")
 
 
+def test_fleet_agreement_on_an_optional_variable_counts_unset_as_its_default():
+    """served_model_tiers: unset, null or {} on the other side is the default {} (an older inventory)."""
+    hostvars = FakeHostVars({"ws-1": {}, "ws-2": {"served_model_tiers": None}, "ws-3": {"served_model_tiers": {}}})
+    hosts = ["ws-1", "ws-2", "ws-3"]
+    assert filters.fleet_disagreements(hostvars, hosts, "served_model_tiers", {}, unset={}) == ""
+    message = filters.fleet_disagreements(hostvars, hosts, "served_model_tiers", {"haiku": "Qwen3-4B"}, unset={})
+    assert "ws-1 has {}, ws-2 has {}, ws-3 has {}" in message and "group_vars/all" in message
+    tiers = FakeHostVars({"ws-1": {"served_model_tiers": {"haiku": "Qwen3-4B"}}})
+    assert filters.fleet_disagreements(tiers, ["ws-1"], "served_model_tiers", {"haiku": "Qwen3-4B"}, unset={}) == ""
+    assert "ws-1 has {'haiku': 'Qwen3-4B'}" in filters.fleet_disagreements(tiers, ["ws-1"], "served_model_tiers", {},
+                                                                           unset={})
+
+
 # --- Issue 11, item 5: inputs that were accepted and must be refused before any change -----------------------------
 
 @pytest.mark.parametrize("url", [

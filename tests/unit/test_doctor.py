@@ -27,7 +27,7 @@ from importlib.util import module_from_spec, spec_from_loader
 
 import pytest
 
-from conftest import REPO, serve
+from conftest import REPO, load_plugin, serve
 
 DOCTOR = REPO / "tools" / "claude-vllm-doctor"
 SERVED = "Qwen3.5-27B"
@@ -58,6 +58,7 @@ def load_doctor():
 
 
 doctor = load_doctor()
+smoke = load_plugin("plugins/modules/claude_code_smoke.py", "claude_code_smoke_module")
 
 
 def settings(**env_changes):
@@ -186,11 +187,15 @@ def test_served_id_in_model_without_mapping(tmp_path, capsys):
 
 
 def test_unequal_tiers(tmp_path, capsys):
+    """Tiers on their own models (the fleet's served_model_tiers): offline an info; online every name is checked."""
     code, report = run(tmp_path, settings(ANTHROPIC_DEFAULT_HAIKU_MODEL="Qwen3-0.6B"), capsys=capsys)
-    assert code == 1
-    finding = only_error(report, "tiers.unequal", "ANTHROPIC_DEFAULT_*_MODEL")
+    assert code == 0 and errors(report) == []
+    (finding,) = [f for f in report["findings"] if f["id"] == "tiers.unequal"]
+    assert finding["severity"] == "info"
     assert "Qwen3-0.6B" in finding["problem"] and SERVED in finding["problem"]
-    assert "served-model-name" in finding["fix"]
+    assert "served_model_tiers" in finding["fix"] and "served-model-name" in finding["fix"]
+    assert report["effective"]["served_model_name"] == SERVED  # the selected (sonnet) tier's
+    assert "tiers.mapping" not in {f["id"] for f in report["findings"]}
 
 
 def test_tiers_with_slash(tmp_path, capsys):
@@ -1330,3 +1335,121 @@ def test_without_tool_calling_the_400_is_reported_and_no_tool_call_finding(tmp_p
                                               "--tool-call-parser to be set"}}))
     assert code == 1 and finding is None
     assert [f["id"] for f in errors(report)] == ["server.tools"]
+
+
+# ------------------------------------------------------------------ tiers on their own models, online
+# A real local HTTP server answering as vLLM 0.32 does for the names it serves (`served`), and 404 "does not
+# exist" for any other; `listed` is what GET /v1/models lists (a gateway routing by "model" lists one backend's).
+SMALL = "Qwen3-4B"
+
+
+class TierServer(BaseHTTPRequestHandler):
+    served = (SERVED, SMALL)
+    listed = (SERVED, SMALL)
+    asked = []
+
+    def do_GET(self):  # noqa: N802
+        if self.path == "/health":
+            self._send(200, {})
+        elif self.path == "/v1/models":
+            self._send(200, {"object": "list", "data": [{"id": name, "object": "model", "max_model_len": 65536}
+                                                        for name in self.listed]})
+        else:
+            self._send(404, {})
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        TierServer.asked.append((body["model"], "tools" in body))
+        if body["model"] not in self.served:
+            self._send(404, {"type": "error", "error": {"type": "NotFoundError",
+                                                        "message": "The model `{}` does not exist.".format(body["model"])}})
+        elif "tools" in body:
+            self._send(*vllm_message([{"type": "tool_use", "id": "toolu_1", "name": "show_word",
+                                       "input": {"word": "ready"}}], "tool_use"))
+        else:
+            self._send(*vllm_message([{"type": "text", "text": "ready"}]))
+
+    _send = ToolServer._send
+
+    def log_message(self, *_args):
+        pass
+
+
+def diagnose_tiers(tmp_path, capsys, served=(SERVED, SMALL), listed=(SERVED, SMALL), **tiers):
+    TierServer.served, TierServer.listed, TierServer.asked = served, listed, []
+    httpd = serve(TierServer)
+    try:
+        url = "http://127.0.0.1:{}".format(httpd.server_address[1])
+        env = dict({"ANTHROPIC_BASE_URL": url}, **{"ANTHROPIC_DEFAULT_{}_MODEL".format(tier.upper()): name
+                                                   for tier, name in tiers.items()})
+        path = write(tmp_path / "settings.json", settings(**env))
+        code = doctor.main(["--settings", str(path), "--managed", str(tmp_path / "none"), "--no-project", "--json"],
+                           environ={})
+        report = json.loads(capsys.readouterr().out)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    return code, report
+
+
+def test_each_tiers_name_is_checked_on_the_server(tmp_path, capsys):
+    code, report = diagnose_tiers(tmp_path, capsys, haiku=SMALL)
+    assert code == 0 and report["ok"], json.dumps(errors(report), indent=1)
+    # the selected tier's name, then the haiku tier's: plain request and tool call each
+    assert TierServer.asked == [(SERVED, False), (SERVED, True), (SMALL, False), (SMALL, True)]
+    haiku = [f for f in report["findings"] if f["problem"].startswith("The haiku tier's 'Qwen3-4B': ")]
+    assert {f["id"]: f["severity"] for f in haiku} == {"server.models": "ok", "output_budget.server": "ok",
+                                                       "server.messages": "ok", "server.tools": "ok",
+                                                       "server.tool_call": "ok"}
+    assert {"messages", "tools", "messages.haiku", "tools.haiku"} <= set(report["server"]["timings_ms"])
+    assert report["effective"]["served_model_name"] == SERVED
+
+
+def test_a_tiers_name_the_server_does_not_serve_fails_naming_the_tier_and_the_fix(tmp_path, capsys):
+    code, report = diagnose_tiers(tmp_path, capsys, served=(SERVED,), listed=(SERVED,), haiku=SMALL)
+    assert code == 1 and not report["ok"]
+    (finding,) = errors(report)
+    assert finding["id"] == "server.models"
+    assert finding["problem"].startswith("The haiku tier's 'Qwen3-4B': The server does not serve 'Qwen3-4B'")
+    assert "does not exist" in finding["problem"]  # the 404 of POST /v1/messages as evidence
+    assert "ANTHROPIC_DEFAULT_HAIKU_MODEL" in finding["fix"] and "served_model_tiers.haiku" in finding["fix"]
+    assert "served_model_name: Qwen3-4B" in finding["fix"]
+    # the sonnet tier (selected) passed, and its findings carry no tier label
+    sonnet = {f["id"]: f["severity"] for f in report["findings"]
+              if f["id"].startswith("server.") and not f["problem"].startswith("The haiku")}
+    assert sonnet["server.messages"] == "ok" and sonnet["server.tool_call"] == "ok"
+    # the smoke test's steps (it runs the doctor): the models step fails with the tier named
+    step = smoke.server_step(report, "server.models", "models")
+    assert step["status"] == "FAIL" and step["detail"].startswith("The haiku tier's 'Qwen3-4B'")
+    assert smoke.server_step(report, "server.messages", "messages")["status"] == "ok"
+
+
+def test_the_selected_tiers_name_unserved_still_fails_as_before(tmp_path, capsys):
+    code, report = diagnose_tiers(tmp_path, capsys, served=(SMALL,), listed=(SMALL,), haiku=SMALL)
+    assert code == 1
+    unserved = [f for f in errors(report) if f["id"] == "server.models"]
+    assert [f["problem"][:39] for f in unserved] == ["The server does not serve 'Qwen3.5-27B'"]
+
+
+def test_a_name_answered_but_not_listed_is_served_behind_a_gateway(tmp_path, capsys):
+    """A gateway routing by "model" answers GET /v1/models from its default backend: the small name is not
+    listed there, but its requests are answered."""
+    code, report = diagnose_tiers(tmp_path, capsys, listed=(SERVED,), haiku=SMALL)
+    assert code == 0 and report["ok"], json.dumps(errors(report), indent=1)
+    (finding,) = [f for f in report["findings"] if f["id"] == "server.models" and SMALL in f["problem"]]
+    assert finding["severity"] == "ok" and "answered 200: it is served" in finding["problem"]
+
+
+def test_two_tiers_on_one_name_are_checked_once(tmp_path, capsys):
+    code, report = diagnose_tiers(tmp_path, capsys, served=(SERVED,), listed=(SERVED,), opus=SMALL, haiku=SMALL)
+    assert code == 1
+    assert [m for m, _tools in TierServer.asked].count(SMALL) == 1
+    (finding,) = errors(report)
+    assert finding["problem"].startswith("The opus and haiku tiers' 'Qwen3-4B': ")
+    assert "ANTHROPIC_DEFAULT_OPUS_MODEL and ANTHROPIC_DEFAULT_HAIKU_MODEL" in finding["fix"]
+
+
+def test_with_one_name_nothing_more_is_asked(tmp_path, capsys):
+    code, report = diagnose_tiers(tmp_path, capsys, served=(SERVED,), listed=(SERVED,))
+    assert code == 0 and TierServer.asked == [(SERVED, False), (SERVED, True)]
+    assert set(report["server"]["timings_ms"]) == {"health", "models", "messages", "tools"}

@@ -85,6 +85,15 @@ def test_every_role_refuses_a_served_name_with_a_slash(role):
     ("gateway", {"host": "gpu-01"}, "gateway_port 8000 is also a vLLM port on this host"),
     ("gateway", {"llm_user_token_secret": "x" * 40}, "no host of workstations (gateway_workstation_group)"),
     ("gateway", {"gateway_timeout_client": "1 hour"}, "gateway_timeout_client"),
+    ("vllm", {"served_model_tiers": {"fast": "Qwen3-4B"}}, "served_model_tiers has the key 'fast'"),
+    ("claude_code", {"served_model_tiers": {"haiku": "Qwen/Qwen3-4B"}},
+     "served_model_tiers.haiku ('Qwen/Qwen3-4B') contains '/'"),
+    ("claude_code", {"served_model_tiers": ["haiku"]}, "served_model_tiers (['haiku']) must be a mapping"),
+    ("vllm", {"instances": [dict(VLLM["instances"][0], served_model_name="Qwen3-4B")]},
+     "vllm_instances[main].served_model_name ('Qwen3-4B') is none of the names the fleet's tiers ask for"),
+    ("vllm", {"served_model_tiers": {"haiku": "Qwen3-4B"},
+              "instances": [dict(VLLM["instances"][0], served_model_name="Qwen3-8B")]},
+     "'Qwen3.5-27B' (sonnet, opus), 'Qwen3-4B' (haiku)"),
 ])
 def test_each_refusal_names_its_variable(role, change, expected):
     check, inputs = ROLES[role]
@@ -139,3 +148,19 @@ def test_monitoring_refuses_bad_input_naming_the_variable(variable, value, expec
     problems = preflight.monitoring_preflight_problems(dict(monitoring_defaults(), **{variable: value}))
     assert len(problems) == 1 and expected in problems[0], problems
     assert "Fix:" in problems[0]
+
+
+def test_an_instance_may_serve_a_tiers_name():
+    small = dict(VLLM["instances"][0], name="small", port=8001, model="Qwen/Qwen3-4B", served_model_name="Qwen3-4B")
+    inputs = dict(VLLM, served_model_tiers={"haiku": "Qwen3-4B"}, instances=VLLM["instances"] + [small])
+    assert preflight.vllm_preflight_problems(inputs) == []
+    # the same instance without the tier: nothing would ask for its name
+    (problem,) = preflight.vllm_preflight_problems(dict(inputs, served_model_tiers={}))
+    assert problem.startswith("vllm_instances[small].served_model_name ('Qwen3-4B') is none of the names")
+    assert "Fix:" in problem and "served_model_tiers: {haiku: Qwen3-4B}" in problem
+
+
+def test_without_tiers_the_shared_name_is_every_instances():
+    assert preflight.vllm_preflight_problems(dict(VLLM, served_model_tiers={})) == []
+    named = dict(VLLM["instances"][0], served_model_name="Qwen3.5-27B")
+    assert preflight.vllm_preflight_problems(dict(VLLM, served_model_tiers={}, instances=[named])) == []

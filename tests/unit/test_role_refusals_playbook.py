@@ -99,6 +99,7 @@ CLAUDE_CODE_CASES = {
     "typo_key": {"claude_code_users": [{"name": ME, "envv": {"GITHUB_TOKEN": "ghp_notshownvalue"}}]},
     "env_key": {"claude_code_extra_env": {"BAD KEY=x": "1"}},
     "env_value": {"claude_code_extra_env": {"GITHUB_TOKEN": "ghp_notshown\nvalue"}},
+    "slash_tier": {"served_model_tiers": {"haiku": "Qwen/Qwen3-4B"}},
 }
 CLAUDE_CODE_EXPECTED = {
     "credentials": ["anthropic_base_url ('http://***@gpu:8000') carries user information"],
@@ -112,6 +113,7 @@ CLAUDE_CODE_EXPECTED = {
     "typo_key": ["claude_code_users: item 1", "'envv' -> 'env'"],
     "env_key": ["claude_code_extra_env: 'BAD KEY=x' is not an environment variable name"],
     "env_value": ["claude_code_extra_env.GITHUB_TOKEN contains a NUL, a newline"],
+    "slash_tier": ["served_model_tiers.haiku ('Qwen/Qwen3-4B') contains '/'"],
 }
 
 
@@ -153,12 +155,19 @@ VLLM_CASES = {
     "bool_len": {"vllm_max_model_len": True},
     "quote_name": {"served_model_name": "Qwen$HOME"},
     "no_install_kept": {"vllm_installs_kept": 0},
+    # Tiers on their own served names (served_model_tiers): the other hosts serve Qwen3.5-27B only.
+    "tier_unserved": {"served_model_tiers": {"haiku": "Qwen3-4B"}},
+    "bad_tiers": {"served_model_tiers": {"fast": "Qwen3-4B"}},
+    "unasked_name": {"vllm_instances": [{"name": "main", "served_model_name": "Qwen3-8B"}]},
 }
 VLLM_EXPECTED = {
     "huge_len": ["vllm_max_model_len (1000000000000.0) is not a whole number"],
     "bool_len": ["vllm_max_model_len (True) is not a whole number"],
     "quote_name": ["served_model_name ('Qwen$HOME') contains characters a served id cannot carry ('$')"],
     "no_install_kept": ["vllm_installs_kept (0) must be 1 or more"],
+    "tier_unserved": ["served_model_tiers.haiku: the haiku tier asks for 'Qwen3-4B', but no vLLM instance"],
+    "bad_tiers": ["served_model_tiers has the key 'fast', which is not a tier alias"],
+    "unasked_name": ["vllm_instances[main].served_model_name ('Qwen3-8B') is none of the names"],
 }
 
 

@@ -9,10 +9,11 @@ instances = load_plugin("plugins/filter/vllm_instances.py", "vllm_instances_filt
 
 def test_defaults_are_filled_in_and_units_named():
     result = instances.vllm_normalize_instances([{"name": "main"}, {"name": "b", "port": 8001, "model": "/m"}],
-                                                port=8000, model="Qwen/Qwen3.5-27B", tensor_parallel_size=2)
+                                                port=8000, model="Qwen/Qwen3.5-27B", tensor_parallel_size=2,
+                                                served_model_name="Qwen3.5-27B")
     assert result[0] == {"name": "main", "port": 8000, "model": "Qwen/Qwen3.5-27B", "tensor_parallel_size": 2,
-                         "tool_call_parser": "", "cuda_visible_devices": "", "extra_args": [], "extra_env": {},
-                         "unit": "vllm-main.service"}
+                         "served_model_name": "Qwen3.5-27B", "tool_call_parser": "", "cuda_visible_devices": "",
+                         "extra_args": [], "extra_env": {}, "unit": "vllm-main.service"}
     assert result[1]["port"] == 8001 and result[1]["model"] == "/m" and result[1]["unit"] == "vllm-b.service"
 
 
@@ -66,3 +67,69 @@ def test_empty_list_is_refused():
 def test_missing_model_message_names_path_host_and_fix():
     message = instances.vllm_missing_model_problem("/srv/models/q", "gpu-01")
     assert "/srv/models/q" in message and "gpu-01" in message and "Fix:" in message
+
+
+# ------------------------------------------------------------------ tiers on their own served names
+def test_an_instance_keeps_its_own_served_name_and_the_others_get_the_shared_one():
+    result = instances.vllm_normalize_instances(
+        [{"name": "big"}, {"name": "small", "port": 8001, "served_model_name": "Qwen3-4B"},
+         {"name": "blank", "port": 8002, "served_model_name": ""}], model="m", served_model_name="Qwen3.5-27B")
+    assert [i["served_model_name"] for i in result] == ["Qwen3.5-27B", "Qwen3-4B", "Qwen3.5-27B"]
+
+
+def tier_problems(tiers, gpu_hostvars, **kwargs):
+    return instances.fleet_tier_problems(gpu_hostvars, list(gpu_hostvars), "Qwen3.5-27B", tiers, **kwargs)
+
+
+BIG_AND_SMALL = {"gpu-a": {}, "gpu-b": {"vllm_instances": [{"name": "small", "served_model_name": "Qwen3-4B"}]}}
+
+
+def test_every_tier_served_somewhere_passes():
+    assert tier_problems({"haiku": "Qwen3-4B"}, BIG_AND_SMALL) == []
+    # the small model on a second instance of the same host
+    one_host = {"gpu-a": {"vllm_instances": [{"name": "main"}, {"name": "small", "port": 8001,
+                                                                "served_model_name": "Qwen3-4B"}]}}
+    assert tier_problems({"haiku": "Qwen3-4B"}, one_host) == []
+
+
+def test_a_tier_no_instance_serves_is_refused_naming_the_tier_and_the_fix():
+    (problem,) = tier_problems({"haiku": "Qwen3-4B"}, {"gpu-a": {}, "gpu-b": {}})
+    assert problem.startswith("served_model_tiers.haiku: the haiku tier asks for 'Qwen3-4B', but no vLLM instance "
+                              "of any host of gpu_hosts serves it (they serve 'Qwen3.5-27B' on gpu-a-main, "
+                              "gpu-b-main)")
+    assert "Fix: add an instance with served_model_name: Qwen3-4B" in problem
+    assert "remove haiku from served_model_tiers" in problem
+
+
+def test_the_shared_name_must_still_be_served_when_tiers_are_set():
+    everything_small = {"gpu-b": {"vllm_instances": [{"name": "small", "served_model_name": "Qwen3-4B"}]}}
+    (problem,) = tier_problems({"haiku": "Qwen3-4B"}, everything_small)
+    assert problem.startswith("served_model_name: the sonnet, opus tiers ask for 'Qwen3.5-27B'")
+    assert "set served_model_name to a name an instance serves" in problem
+
+
+def test_two_tiers_on_one_unserved_name_make_one_message():
+    (problem,) = tier_problems({"haiku": "Qwen3-4B", "opus": "Qwen3-4B"}, {"gpu-a": {}})
+    assert "served_model_tiers.opus and served_model_tiers.haiku: the opus, haiku tiers ask for 'Qwen3-4B'" in problem
+
+
+def test_without_tiers_or_without_servers_nothing_is_checked():
+    assert tier_problems({}, {"gpu-a": {"vllm_instances": [{"name": "x", "served_model_name": "other"}]}}) == []
+    assert tier_problems(None, {"gpu-a": {}}) == []
+    assert tier_problems({"haiku": "Qwen3-4B"}, {}) == []  # the servers are not in this inventory
+    assert tier_problems({"haiku": "Qwen/bad"}, {"gpu-a": {}}) == []  # served_model_tiers' own rule names it
+
+
+def test_a_multinode_instance_counts_on_its_leader():
+    small = {"name": "small", "node_group": "vllm_nodes_small", "served_model_name": "Qwen3-4B"}
+    hostvars = {"gpu-a": {}, "lead": {"vllm_instances": [small]}, "work": {"vllm_instances": [small]}}
+    groups = {"vllm_nodes_small": ["lead", "work"]}
+    assert tier_problems({"haiku": "Qwen3-4B"}, hostvars, groups=groups) == []
+
+
+def test_this_hosts_own_instances_come_from_the_role_not_the_inventory():
+    """The vllm role passes its normalised instances (a play may set vllm_instances, hostvars lacks them)."""
+    hostvars = {"gpu-a": {}, "gpu-b": {}}
+    assert tier_problems({"haiku": "Qwen3-4B"}, hostvars, this_host="gpu-b", this_names=["Qwen3-4B"]) == []
+    (problem,) = tier_problems({"haiku": "Qwen3-4B"}, hostvars, this_host="gpu-b", this_names=["Qwen3.5-27B"])
+    assert "'Qwen3.5-27B' on gpu-a-main, gpu-b" in problem

@@ -127,6 +127,13 @@ def test_members_that_disagree_are_refused_on_both_sides():
         assert "disagree on tensor_parallel_size, pipeline_parallel_size, vllm_version" in problem, problem
 
 
+def test_members_that_serve_different_names_are_refused():
+    hostvars = {"lead": HOSTVARS["lead"],
+                "work": dict(HOSTVARS["work"], vllm_instances=[dict(BIG, served_model_name="Qwen3-4B")])}
+    (problem,) = problems("lead", hostvars=hostvars)
+    assert "disagree on served_model_name" in problem, problem
+
+
 def test_a_member_without_the_instance_is_refused():
     hostvars = {"lead": HOSTVARS["lead"], "work": {"vllm_instances": [{"name": "main"}]}}
     (problem,) = problems("lead", hostvars=hostvars)

@@ -31,6 +31,10 @@ CASES = {
     "home_state": {"vllm_model": "/srv/models/tiny", "vllm_state_dir": "/home/vllm"},
     "two_instances": {"vllm_model": "/srv/models/tiny",
                       "vllm_instances": [{"name": "a"}, {"name": "b", "port": 8001, "model": "/home/alice/m b"}]},
+    # A tier on its own model (served_model_tiers {haiku: Qwen3-4B}): the small instance serves its own name.
+    "tier_instance": {"vllm_model": "/srv/models/big",
+                      "vllm_instances": [{"name": "big"}, {"name": "small", "port": 8001, "model": "/srv/models/small",
+                                                           "served_model_name": "Qwen3-4B"}]},
 }
 
 
@@ -109,6 +113,27 @@ def test_each_instance_sees_only_its_own_model(units):
     assert hardening(units["two_instances"]["a"]) == ["ReadWritePaths=/var/lib/vllm", "ProtectHome=yes"]
     assert hardening(units["two_instances"]["b"]) == [
         "ReadWritePaths=/var/lib/vllm", "ProtectHome=tmpfs", RO_TMPFS, 'BindReadOnlyPaths="/home/alice/m b"']
+
+
+def served_name_arguments(text: str) -> list[str]:
+    return re.findall(r'"--served-model-name" "([^"]*)"', text)
+
+
+def test_an_instance_serves_its_own_name_and_the_others_the_shared_one(units):
+    assert served_name_arguments(units["tier_instance"]["small"]) == ["Qwen3-4B"]
+    assert directives(units["tier_instance"]["small"], "Description") == [
+        "vLLM serving Qwen3-4B on port 8001 (instance small)"]
+    assert served_name_arguments(units["tier_instance"]["big"]) == ["Qwen3.5-27B"]
+    assert directives(units["tier_instance"]["big"], "Description") == [
+        "vLLM serving Qwen3.5-27B on port 8000 (instance big)"]
+
+
+def test_without_a_name_of_its_own_the_unit_serves_the_shared_name_as_before(units):
+    for case in ("default", "two_instances"):
+        for name, text in units[case].items():
+            assert served_name_arguments(text) == ["Qwen3.5-27B"], (case, name)
+    assert directives(units["default"]["main"], "Description") == [
+        "vLLM serving Qwen3.5-27B on port 8000 (instance main)"]
 
 
 def _loadable(text: str, directory: Path) -> Path:
