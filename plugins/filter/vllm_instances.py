@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 DOCUMENTATION = r"""
 name: vllm_instances
@@ -167,6 +168,41 @@ def fleet_tier_problems(hostvars, hosts, served_model_name, served_model_tiers=N
     return problems
 
 
+def fleet_tier_routing_problem(groups, hostvars, anthropic_base_url, served_model_name, served_model_tiers=None):
+    """A message when tiers have names of their own but Claude Code's one base URL is a vLLM server itself.
+
+    Claude Code sends every tier's requests to anthropic_base_url, and one vLLM server answers one served name:
+    the tiers need something that routes by the request's model, the fleet's gateway (or a router of the
+    operator's own, at a base URL that is none of the GPU hosts). Empty without tiers of their own, with a
+    gateway in the inventory, or when the base URL's host is not a GPU host.
+    """
+    names = fleet_served_names(served_model_name, served_model_tiers if isinstance(served_model_tiers, dict) else {})
+    groups = groups or {}
+    if len(names) < 2 or groups.get("gateways"):
+        return ""
+    host = (urlsplit(str(anthropic_base_url or "")).hostname or "").lower()
+    gpu_hosts = list(groups.get("gpu_hosts") or [])
+    addresses = {}
+    for gpu_host in gpu_hosts:
+        values = hostvars[gpu_host] if gpu_host in hostvars else {}
+        get = values.get if hasattr(values, "get") else (lambda key, default=None: default)
+        for address in (gpu_host, get("ansible_host", None)):
+            if address:
+                addresses[str(address).lower()] = gpu_host
+        if gpu_host in ("localhost", "127.0.0.1") or str(get("ansible_host", "")) in ("localhost", "127.0.0.1"):
+            addresses.update({"localhost": gpu_host, "127.0.0.1": gpu_host, "::1": gpu_host})
+    if host not in addresses:
+        return ""
+    tiers = fleet_tier_names(served_model_name, served_model_tiers)
+    own = ", ".join(f"{alias} {name!r}" for alias, name in tiers.items() if name != served_model_name)
+    return (f"served_model_tiers gives tiers served names of their own ({own}; the others {served_model_name!r}), "
+            f"but anthropic_base_url ({anthropic_base_url}) is the GPU host {addresses[host]} itself and the inventory "
+            f"has no gateway: Claude Code sends every tier to that one URL, and a vLLM server answers only the name "
+            f"it serves, so the other tiers' requests would fail (\"There's an issue with the selected model\"). "
+            f"Fix: add a host to the gateways group (it routes each request by its model to the servers of that "
+            f"name), or set anthropic_base_url to a router of your own, or leave served_model_tiers empty.")
+
+
 def vllm_missing_model_problem(path, host):
     return (f"vllm_model: the local model directory {path} does not exist on {host}. "
             f"Fix: copy the model there first, or use a Hugging Face id (e.g. Qwen/Qwen3.5-27B).")
@@ -224,4 +260,5 @@ class FilterModule:
             "vllm_missing_model_problem": vllm_missing_model_problem,
             "gateway_servers": gateway_servers,
             "fleet_tier_problems": fleet_tier_problems,
+            "fleet_tier_routing_problem": fleet_tier_routing_problem,
         }

@@ -133,3 +133,28 @@ def test_this_hosts_own_instances_come_from_the_role_not_the_inventory():
     assert tier_problems({"haiku": "Qwen3-4B"}, hostvars, this_host="gpu-b", this_names=["Qwen3-4B"]) == []
     (problem,) = tier_problems({"haiku": "Qwen3-4B"}, hostvars, this_host="gpu-b", this_names=["Qwen3.5-27B"])
     assert "'Qwen3.5-27B' on gpu-a-main, gpu-b" in problem
+
+
+# ------------------------------------------------------------------ tiers need something that routes by model
+def routing_problem(url, groups, hostvars=None, tiers=None):
+    return instances.fleet_tier_routing_problem(groups, hostvars or {}, url, "Qwen3.5-27B",
+                                                {"haiku": "Qwen3-4B"} if tiers is None else tiers)
+
+
+def test_tiers_of_their_own_without_a_gateway_and_a_server_as_base_url_are_refused():
+    problem = routing_problem("http://gpu-a:8000", {"gpu_hosts": ["gpu-a", "gpu-b"], "workstations": ["ws"]})
+    assert problem.startswith("served_model_tiers gives tiers served names of their own (haiku 'Qwen3-4B'; the "
+                              "others 'Qwen3.5-27B'), but anthropic_base_url (http://gpu-a:8000) is the GPU host "
+                              "gpu-a itself and the inventory has no gateway")
+    assert "Fix: add a host to the gateways group" in problem
+    # by its address too, and the bundled single-machine inventory (localhost)
+    assert routing_problem("http://10.0.0.7:8000", {"gpu_hosts": ["gpu-a"]}, {"gpu-a": {"ansible_host": "10.0.0.7"}})
+    assert routing_problem("http://127.0.0.1:8000", {"gpu_hosts": ["localhost"]})
+
+
+def test_a_gateway_or_a_router_of_ones_own_or_no_tiers_pass():
+    assert routing_problem("http://gw:8000", {"gpu_hosts": ["gpu-a"], "gateways": ["gw"]}) == ""
+    assert routing_problem("http://gpu-a:8000", {"gpu_hosts": ["gpu-a"], "gateways": ["gw"]}) == ""
+    assert routing_problem("https://litellm.example.com", {"gpu_hosts": ["gpu-a"]}) == ""
+    assert routing_problem("http://gpu-a:8000", {"gpu_hosts": ["gpu-a"]}, tiers={}) == ""
+    assert routing_problem("http://gpu-a:8000", {"gpu_hosts": ["gpu-a"]}, tiers={"haiku": "Qwen3.5-27B"}) == ""
