@@ -90,10 +90,11 @@ def vllm_missing_model_problem(path, host):
             f"Fix: copy the model there first, or use a Hugging Face id (e.g. Qwen/Qwen3.5-27B).")
 
 
-def gateway_servers(hostvars, hosts, default_port=8000, groups=None):
+def gateway_servers(hostvars, hosts, default_port=8000, groups=None, served_model_name=""):
     """The servers a gateway sends requests to: every vLLM instance of every host, as HAProxy servers.
 
-    Each is {name: HOST-INSTANCE, host, instance, address (ansible_host or the name), port}. Inventory variables
+    Each is {name: HOST-INSTANCE, host, instance, address (ansible_host or the name), port, served_model_name
+    (the instance's served_model_name, else the shared served_model_name given here)}. Inventory variables
     are read through hostvars (vllm_instances, vllm_port); a host without vllm_instances has the role's
     default single instance (DEFAULT_INSTANCE) on vllm_port. A multi-node instance (key node_group) is served
     by its leader only, the first host of that inventory group (`groups`, else the host's own `groups`): its
@@ -122,6 +123,7 @@ def gateway_servers(hostvars, hosts, default_port=8000, groups=None):
                 "instance": instance.get("name", DEFAULT_INSTANCE),
                 "address": get("ansible_host", None) or host,
                 "port": instance_port,
+                "served_model_name": instance.get("served_model_name") or served_model_name,
             })
     return servers
 

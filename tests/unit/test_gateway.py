@@ -65,12 +65,16 @@ def test_admin_state_comes_from_servers_state_not_status():
 def test_servers_cover_every_instance_of_every_host():
     hostvars = {
         "gpu-a": {"ansible_host": "10.0.0.1"},
-        "gpu-b": {"vllm_port": 9000, "vllm_instances": [{"name": "left", "port": 9001}, {"name": "right"}]},
+        "gpu-b": {"vllm_port": 9000, "vllm_instances": [{"name": "left", "port": 9001},
+                                                         {"name": "right", "served_model_name": "Qwen3-4B"}]},
     }
-    assert instances.gateway_servers(hostvars, ["gpu-a", "gpu-b", "gone"], 8000) == [
-        {"name": "gpu-a-main", "host": "gpu-a", "instance": "main", "address": "10.0.0.1", "port": 8000},
-        {"name": "gpu-b-left", "host": "gpu-b", "instance": "left", "address": "gpu-b", "port": 9001},
-        {"name": "gpu-b-right", "host": "gpu-b", "instance": "right", "address": "gpu-b", "port": 9000},
+    assert instances.gateway_servers(hostvars, ["gpu-a", "gpu-b", "gone"], 8000, None, "Qwen3.5-27B") == [
+        {"name": "gpu-a-main", "host": "gpu-a", "instance": "main", "address": "10.0.0.1", "port": 8000,
+         "served_model_name": "Qwen3.5-27B"},
+        {"name": "gpu-b-left", "host": "gpu-b", "instance": "left", "address": "gpu-b", "port": 9001,
+         "served_model_name": "Qwen3.5-27B"},
+        {"name": "gpu-b-right", "host": "gpu-b", "instance": "right", "address": "gpu-b", "port": 9000,
+         "served_model_name": "Qwen3-4B"},
     ]
 
 
