@@ -88,3 +88,34 @@ def test_the_gateway_preflight_runs_the_tier_checks():
     inputs["served_model_tiers"] = {"haiku": SMALL}
     assert not any("gpu-b-small" in problem or "served_model_tiers" in problem
                    for problem in preflight.gateway_preflight_problems(inputs))
+
+
+def test_the_vllm_role_drains_and_puts_back_each_instance_in_its_names_backend(tmp_path):
+    """The drain handler and the put-back task name the backend the gateway gave the instance's served name:
+    their own expressions, evaluated by the real ansible-playbook for an instance of each kind."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import ANSIBLE_PLAYBOOK, REPO, playbook_env
+
+    expressions = set()
+    for path in ("roles/vllm/tasks/gateway.yml", "roles/vllm/handlers/main.yml"):
+        for task in yaml.safe_load((REPO / path).read_text()):
+            module = task.get("claude_vllm.fleet.haproxy_server")
+            if module:
+                expressions.add(module["backend"])
+    assert len(expressions) == 1, expressions
+    items = [["gw", {"name": "main"}], ["gw", {"name": "small", "served_model_name": SMALL}],
+             ["gw", {"name": "plus", "served_model_name": "Qwen3-4B+fast"}], ["gw", {"name": "same", "served_model_name": BIG}]]
+    play = [{"hosts": "localhost", "gather_facts": False, "vars": {"served_model_name": BIG}, "tasks": [
+        {"name": "backend", "ansible.builtin.debug": {"msg": expressions.pop()}, "loop": items}]}]
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play))
+    result = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", "localhost,", "-c", "local", str(tmp_path / "play.yml"),
+                             "-e", f"ansible_python_interpreter={sys.executable}"],
+                            env=playbook_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    messages = [item["msg"] for item in report["plays"][0]["tasks"][0]["hosts"]["localhost"]["results"]]
+    assert messages == ["vllm", "vllm_Qwen3-4B", "vllm_Qwen3-4B_fast", "vllm"]
