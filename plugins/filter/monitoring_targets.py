@@ -100,7 +100,9 @@ def monitoring_scrape_configs(groups, hostvars, vllm_port=8000, dcgm_port=0, gpu
     for server in gateway_servers(hostvars, groups.get(gpu_group, []), vllm_port, groups):
         vllm.append({"targets": [_target(server["address"], server["port"])],
                      "labels": {"fleet_host": server["host"], "vllm_instance": server["instance"],
-                                "served_model_name": str(_get(hostvars, server["host"], "served_model_name", ""))}})
+                                # the instance's own served name (a tier on another model), else the host's
+                                "served_model_name": str(server["served_model_name"]
+                                                         or _get(hostvars, server["host"], "served_model_name", ""))}})
     if vllm:
         jobs.append({"job_name": SCRAPE_JOBS["vllm"], "metrics_path": "/metrics", "static_configs": vllm})
 

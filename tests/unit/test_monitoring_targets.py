@@ -38,6 +38,15 @@ def test_every_vllm_instance_of_every_gpu_host_is_a_target_with_its_labels():
     ]
 
 
+def test_an_instance_on_another_tiers_model_is_labelled_with_its_own_served_name():
+    """Tiers on different models: FleetVllmWrongServedName compares each instance with the name it must serve."""
+    hostvars = dict(HOSTVARS, **{"gpu-b": dict(HOSTVARS["gpu-b"], vllm_instances=[
+        {"name": "left", "port": 9001}, {"name": "small", "served_model_name": "Qwen3-4B"}])})
+    labels = [config["labels"] for config in by_job(targets.monitoring_scrape_configs(GROUPS, hostvars, 8000))["vllm"]]
+    assert [(label["vllm_instance"], label["served_model_name"]) for label in labels] == [
+        ("main", "Qwen3.5-27B"), ("left", "Qwen3.5-27B"), ("small", "Qwen3-4B")]
+
+
 def test_gateways_exporters_and_node_exporters_once_per_host_never_workstations():
     jobs = by_job(targets.monitoring_scrape_configs(GROUPS, HOSTVARS, 8000))
     assert jobs["haproxy"] == [{"targets": ["[fd00::5]:9405"], "labels": {"fleet_host": "gw"}}]
