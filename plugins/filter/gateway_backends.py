@@ -8,9 +8,9 @@ name: gateway_backends
 short_description: The gateway's backends per served name, and the problems with them
 description:
   - C(gateway_backends(servers, served_model_name, served_model_tiers)) lists one backend per served name of the
-    fleet (C(fleet_served_names): served_model_name first, then each other tier's name), each as
-    C({model, backend, unkeyed, tiers, servers}); C(servers) are those of I(servers) (C(gateway_servers)) whose
-    C(served_model_name) is that name.
+    fleet (C(fleet_served_names), served_model_name first, then each other tier's name), each a dict with the keys
+    model, backend, unkeyed, tiers and servers. Its servers are those of I(servers) (C(gateway_servers)) whose
+    served_model_name is that name.
   - C(gateway_backend_name(name, served_model_name)) is the contract's backend name of one served name (the vllm
     role drains its instances there).
   - C(gateway_tier_problems(servers, served_model_name, served_model_tiers, balance, group)) returns the messages
