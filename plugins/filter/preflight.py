@@ -24,6 +24,7 @@ from ansible_collections.claude_vllm.fleet.plugins.filter.claude_vllm import (
     whole_number_problem,
 )
 from ansible_collections.claude_vllm.fleet.plugins.filter.fleet_access import fleet_access_source_problems
+from ansible_collections.claude_vllm.fleet.plugins.filter.gateway_backends import gateway_tier_problems
 from ansible_collections.claude_vllm.fleet.plugins.filter.fleet_tokens import (
     user_token_epochs_problem,
     user_token_secret_problem,
@@ -218,6 +219,8 @@ def gateway_preflight_problems(inputs):
                             f"at 8405 (or any other free port).")
         problems += fleet_access_source_problems(inputs["gateway_metrics_sources"], "gateway_metrics_sources")
     problems += gateway_server_problems(servers, vllm_port)
+    problems += gateway_tier_problems(servers, inputs.get("served_model_name"), inputs.get("served_model_tiers"),
+                                      inputs.get("gateway_balance"), group)
     problems += gateway_allowed_requests_problems(inputs.get("gateway_allowed_requests"))
     problems += gateway_stats_problems(inputs.get("gateway_stats_listen"), inputs.get("gateway_stats_user"),
                                        inputs.get("gateway_stats_password"))

@@ -52,6 +52,41 @@ def gateway_server_name(host, instance=DEFAULT_INSTANCE):
     return f"{host}-{instance}"
 
 
+# The gateway's second backend for each served name when gateway_balance is affinity (requests without the
+# session header, by least connections): the backend's name plus this suffix.
+GATEWAY_UNKEYED_SUFFIX = "_no_session"
+# What HAProxy allows in a proxy (backend) name: letters, digits and _ . : - (a served id may also carry '+').
+GATEWAY_BACKEND_UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]")
+
+
+def gateway_backend_name(name, served_model_name):
+    """The gateway's backend for the servers of one served name.
+
+    GATEWAY_BACKEND for served_model_name (exactly the backend of a fleet without tiers), else
+    GATEWAY_BACKEND + '_' + the name, each character HAProxy refuses in a backend name ('+') replaced by '_'.
+    Two names may then share a backend name (Qwen+1 and Qwen_1): gateway_backend_collisions finds them.
+    """
+    if name == served_model_name:
+        return GATEWAY_BACKEND
+    return f"{GATEWAY_BACKEND}_{GATEWAY_BACKEND_UNSAFE.sub('_', str(name))}"
+
+
+def gateway_backend_collisions(names, served_model_name, unkeyed=True):
+    """[(backend, [served names])] for each backend name two served names would share.
+
+    unkeyed (gateway_balance affinity): each name's second backend (GATEWAY_UNKEYED_SUFFIX) counts too, so
+    'x' and 'x_no_session' collide (vllm_x_no_session).
+    """
+    owners = {}
+    for name in dict.fromkeys(names or []):
+        backend = gateway_backend_name(name, served_model_name)
+        for candidate in ([backend, backend + GATEWAY_UNKEYED_SUFFIX] if unkeyed else [backend]):
+            owners.setdefault(candidate, [])
+            if name not in owners[candidate]:
+                owners[candidate].append(name)
+    return [(backend, owned) for backend, owned in owners.items() if len(owned) > 1]
+
+
 def fleet_base_url(groups, hostvars, vllm_port):
     """The root URL Claude Code talks to, derived from the inventory: scheme://host:port, never a path.
 
@@ -486,6 +521,7 @@ VLLM_NODE_GROUP_PREFIX = "vllm_nodes_"
 # What the lookup claude_vllm.fleet.fleet_contract answers: the contract's values, by name.
 CONTRACT = {
     "gateway_backend": GATEWAY_BACKEND,
+    "gateway_unkeyed_suffix": GATEWAY_UNKEYED_SUFFIX,
     "gateway_admin_socket": GATEWAY_ADMIN_SOCKET,
     "default_instance": DEFAULT_INSTANCE,
     "prompt_token_reserve": PROMPT_TOKEN_RESERVE,

@@ -187,7 +187,8 @@ def test_a_bad_duration_is_refused_naming_the_variable(rendered):
 def test_the_rules_read_shared_names_from_the_contract():
     """The backend's name, the admin socket and the smoke metrics come from the contract, not from literals."""
     text = TEMPLATE.read_text()
-    assert re.findall(r'proxy="([^"]*)"', text) and set(re.findall(r'proxy="([^"]*)"', text)) == {"{{ backend }}"}
+    assert re.findall(r'proxy=~"([^"]*)"', text) and set(re.findall(r'proxy=~"([^"]*)"', text)) == {"{{ backends }}"}
+    assert not re.findall(r'proxy="', text)  # every backend of vLLM servers (tiers), none by its literal name
     for value in (contract.GATEWAY_ADMIN_SOCKET, contract.SMOKE_SUCCESS_METRIC, contract.SMOKE_TIMESTAMP_METRIC):
         assert value not in text, value
 
@@ -238,7 +239,9 @@ def test_a_query_that_does_not_parse_is_caught(tmp_path):
 
 def test_the_dashboard_uses_the_contracts_names():
     text = DASHBOARD.read_text()
-    assert set(re.findall(r'proxy=\\"([^"\\]+)', text)) == {contract.GATEWAY_BACKEND}
+    assert set(re.findall(r'proxy=~\\"([^"\\]+)', text)) == {f"{contract.GATEWAY_BACKEND}(_.+)?"}
+    assert set(re.findall(r'proxy!~\\"([^"\\]+)', text)) == {f".+{contract.GATEWAY_UNKEYED_SUFFIX}"}
+    assert not re.findall(r'proxy=\\"', text)
     used = set(SERIES.findall(text))
     assert contract.SMOKE_SUCCESS_METRIC in used and contract.SMOKE_TIMESTAMP_METRIC in used
 

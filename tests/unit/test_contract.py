@@ -177,3 +177,40 @@ def test_bad_tiers_are_refused_naming_the_entry(tiers, fragment):
 def test_good_tiers_have_no_problem():
     assert contract.served_model_tiers_problems({}) == []
     assert contract.served_model_tiers_problems({"haiku": "Qwen3-4B", "opus": "Qwen3.5-27B"}) == []
+
+
+# ------------------------------------------------------------------ the gateway's backend per served name
+def test_the_served_model_names_backend_is_the_gateways_backend_of_before():
+    assert contract.gateway_backend_name("Qwen3.5-27B", "Qwen3.5-27B") == contract.GATEWAY_BACKEND == "vllm"
+
+
+@pytest.mark.parametrize("name, backend", [
+    ("Qwen3-4B", "vllm_Qwen3-4B"),
+    ("qwen2.5-coder:1.5b", "vllm_qwen2.5-coder:1.5b"),
+    ("Qwen3-4B+fast", "vllm_Qwen3-4B_fast"),  # '+' is the one served-id character HAProxy refuses in a name
+    ("a+b+c", "vllm_a_b_c"),
+])
+def test_another_names_backend_is_vllm_and_the_name_in_haproxys_characters(name, backend):
+    assert contract.gateway_backend_name(name, "Qwen3.5-27B") == backend
+    assert re.fullmatch(r"[A-Za-z0-9_.:-]+", backend)
+    assert contract.served_model_name_problem(name) == ""
+
+
+def test_names_that_would_share_a_backend_are_found():
+    served = "Qwen3.5-27B"
+    assert contract.gateway_backend_collisions([served, "Qwen3-4B"], served) == []
+    assert contract.gateway_backend_collisions([served, "a+b", "a_b"], served) == [
+        ("vllm_a_b", ["a+b", "a_b"]), ("vllm_a_b_no_session", ["a+b", "a_b"])]
+    # the unkeyed twins (gateway_balance affinity) count too, and only then
+    assert contract.gateway_backend_collisions([served, "x", "x_no_session"], served) == [
+        ("vllm_x_no_session", ["x", "x_no_session"])]
+    assert contract.gateway_backend_collisions([served, "x", "x_no_session"], served, unkeyed=False) == []
+    assert contract.gateway_backend_collisions([served, "no_session"], served) == [
+        ("vllm_no_session", [served, "no_session"])]
+    assert contract.gateway_backend_collisions([served, served], served) == []  # one name listed twice
+
+
+def test_the_unkeyed_suffix_is_the_gateway_roles():
+    variables = yaml.safe_load((REPO / "roles/gateway/vars/main.yml").read_text())
+    assert "'gateway_unkeyed_suffix'" in variables["__gateway_unkeyed_backend"]
+    assert contract.CONTRACT["gateway_unkeyed_suffix"] == contract.GATEWAY_UNKEYED_SUFFIX == "_no_session"

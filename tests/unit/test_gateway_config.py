@@ -53,6 +53,11 @@ USER_TOKEN_SECRET = "per-user-token-secret-of-this-test-0123456789"
 SERVED = "Qwen3.5-27B"  # inventory/default/group_vars/all.yml
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
 TRIO = ("trio-a", "trio-b", "trio-c")  # the stand-in servers behind the affinity and leastconn gateways
+# Tiers on different models (served_model_tiers): haiku on a small model with a '+' in its name (HAProxy
+# allows none in a backend name: the contract's backend name replaces it), served by its own stand-in.
+SMALL = "Qwen3-4B+fast"
+TIERS = {"haiku": SMALL}
+TIER_HOSTS = {"tier-big": SERVED, "tier-small": SMALL}
 AS_ROOT = os.geteuid() == 0
 
 pytestmark = [
@@ -81,6 +86,8 @@ CHECK_CASES = {
     "per_user": {"llm_user_token_secret": USER_TOKEN_SECRET, "llm_revoked_users": ["bob"]},
     "leastconn": {"gateway_balance": "leastconn"},
     "affinity_unbounded": {"gateway_affinity_balance_factor": 0, "gateway_affinity_header": "X-Conversation"},
+    # Tiers that all name served_model_name: one served name, so nothing changes (compared with defaults).
+    "tiers_one_name": {"served_model_tiers": {"opus": SERVED, "haiku": SERVED}},
     "custom": {"tls": True, "gateway_tls_min_version": "TLSv1.3", "gateway_require_content_length": False,
                "gateway_maxconn": 500, "gateway_max_request_body": 1048576,
                "gateway_allowed_requests": [{"method": "POST", "path": "/v1/messages"},
@@ -116,6 +123,25 @@ REFUSED_CASES = {
                      ["gateway_metrics_port and gateway_port are both 8000", "gateway_metrics_sources"]),
     "ciphers": ({"gateway_tls_ciphers": ["ECDHE-RSA-AES128-GCM-SHA256 AES128-SHA"], "gateway_maxconn": 0},
                 ["gateway_tls_ciphers (", "gateway_maxconn (0) must be a whole number of at least 1"]),
+    # Tiers: a tier's name that no server of the group serves; a server whose name no tier asks for; two names
+    # that share a backend name ('+' and '_'), also unserved; a bad tier alias.
+    "tier_unserved": ({"served_model_tiers": {"haiku": "Nobody-1B"}},
+                      ["the tier haiku (served_model_tiers) asks for 'Nobody-1B', but no vLLM instance of backends",
+                       "Fix: add an instance with served_model_name: Nobody-1B"]),
+    "tier_unasked": ({"gateway_backend_group": "tiered"},
+                     [f"gateway server tier-small-main (host tier-small, vllm_instances main) serves '{SMALL}', "
+                      f"which none of the fleet's tiers asks for", f"(e.g. haiku: {SMALL})"]),
+    "tier_collision": ({"gateway_backend_group": "tiered", "served_model_tiers": {"haiku": SMALL,
+                                                                                  "opus": "Qwen3-4B_fast"}},
+                       [f"the served names 'Qwen3-4B_fast' and '{SMALL}' would share the gateway's backend "
+                        f"vllm_Qwen3-4B_fast", "the tier opus (served_model_tiers) asks for 'Qwen3-4B_fast'"]),
+    "tier_alias": ({"served_model_tiers": {"fast": SMALL}}, ["served_model_tiers has the key 'fast'"]),
+}
+# Rendered with the group of two stand-ins that serve one name each, and checked by haproxy -c.
+TIER_CASES = {
+    "tiers": {"served_model_tiers": TIERS},
+    "tiers_leastconn": {"served_model_tiers": TIERS, "gateway_balance": "leastconn"},
+    "tiers_per_user": {"served_model_tiers": {"haiku": SMALL, "opus": SMALL}, "llm_user_token_secret": USER_TOKEN_SECRET},
 }
 
 
@@ -137,7 +163,8 @@ def material(tmp_path_factory):
 def ports():
     return {"backend": free_port(), "live": free_port(), "live_tls": free_port(), "live_affinity": free_port(),
             "live_leastconn": free_port(), "trio": [free_port() for _ in TRIO], "metrics": free_port(),
-            "metrics_claude": free_port()}
+            "metrics_claude": free_port(), "live_tiers": free_port(),
+            "tiers": {host: free_port() for host in TIER_HOSTS}}
 
 
 def host_variables(case: dict, material: dict) -> dict:
@@ -154,6 +181,7 @@ def rendered(tmp_path_factory, material, ports):
     live = {"gateway_bind_address": "127.0.0.1", "gateway_timeout_http_request": "2s"}
     cases = {name: host_variables(case, material) for name, case in CHECK_CASES.items()}
     cases.update({name: case for name, (case, _) in REFUSED_CASES.items()})
+    cases.update({name: dict(case, gateway_backend_group="tiered") for name, case in TIER_CASES.items()})
     cases["live"] = dict(live, gateway_port=ports["live"], gateway_admin_socket=str(work / "live.sock"))
     # Three stand-in servers (group trio) behind two more gateways: the affinity default and leastconn.
     for name, balance in (("live_affinity", "affinity"), ("live_leastconn", "leastconn")):
@@ -164,6 +192,10 @@ def rendered(tmp_path_factory, material, ports):
     cases["metrics"] = dict(live, gateway_bind_address="*", gateway_port=ports["metrics_claude"],
                             gateway_metrics_port=ports["metrics"], gateway_metrics_sources=["10.9.0.0/16"],
                             gateway_admin_socket=str(work / "metrics.sock"))
+    # Two stand-ins (group tiered), one per served name, behind a gateway with tiers (affinity, the default).
+    cases["live_tiers"] = dict(live, gateway_port=ports["live_tiers"], gateway_admin_socket=str(work / "live_tiers.sock"),
+                               gateway_backend_group="tiered", served_model_tiers=TIERS,
+                               gateway_health_check_interval="200ms")
     cases["live_tls"] = dict(host_variables({"tls": True}, material), gateway_port=ports["live_tls"],
                              gateway_admin_socket=str(work / "live_tls.sock"), **live)
     local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
@@ -173,6 +205,10 @@ def rendered(tmp_path_factory, material, ports):
         "backends": {"hosts": {"backend-a": {"ansible_host": "127.0.0.1", "vllm_port": ports["backend"]}}},
         "trio": {"hosts": {name: {"ansible_host": "127.0.0.1", "vllm_port": port}
                            for name, port in zip(TRIO, ports["trio"])}},
+        "tiered": {"hosts": {host: dict({"ansible_host": "127.0.0.1", "vllm_port": ports["tiers"][host]},
+                                        **({} if model == SERVED else
+                                           {"vllm_instances": [{"name": "main", "served_model_name": model}]}))
+                             for host, model in TIER_HOSTS.items()}},
         "workstations": {"hosts": {"ws-a": {"claude_code_users": ["alice", {"name": "bob"}]}}},
     }}}
     (work / "inventory/group_vars").mkdir(parents=True)
@@ -323,6 +359,71 @@ def test_haproxy_accepts_the_rendered_config_and_it_is_hardened(name, rendered, 
             assert rendered[name]["env"]["FLEET_GATEWAY_STATS_AUTH"] == f"fleet-ops:{STATS_PASSWORD}"
 
 
+def test_without_tiers_the_gateway_never_reads_the_body(rendered):
+    """One served name (served_model_tiers empty, or naming served_model_name only): the configuration of before."""
+    for name in list(CHECK_CASES) + ["live", "live_affinity", "live_leastconn", "metrics", "live_tls"]:
+        text = rendered[name]["cfg"]
+        assert "json_query" not in text and "fleet_model" not in text, name
+        backends = [section for section in sections(text) if section.startswith("backend ")]
+        assert set(backends) <= {f"backend {contract.GATEWAY_BACKEND}",
+                                 f"backend {contract.GATEWAY_BACKEND}{contract.GATEWAY_UNKEYED_SUFFIX}"}, name
+    assert rendered["tiers_one_name"]["cfg"].replace("tiers_one_name", "defaults") == rendered["defaults"]["cfg"]
+
+
+def tier_expectations(name):
+    """{backend name: (served name, its server, tiers)} of a TIER_CASES configuration."""
+    tiers = contract.fleet_tier_names(SERVED, TIER_CASES[name]["served_model_tiers"])
+    return {contract.gateway_backend_name(model, SERVED): (model, f"{host}-main",
+                                                           [alias for alias, tier in tiers.items() if tier == model])
+            for host, model in TIER_HOSTS.items()}
+
+
+@pytest.mark.parametrize("name", list(TIER_CASES))
+def test_tiers_give_each_served_name_its_backend_and_health_check(name, rendered, material, tmp_path):
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(config_for(rendered, name, material))
+    check = haproxy_check(config, rendered[name]["env"])
+    assert check.returncode == 0 and "[ALERT]" not in check.stdout + check.stderr, check.stdout + check.stderr
+    assert "[WARNING]" not in check.stdout + check.stderr, check.stdout + check.stderr
+    affinity = TIER_CASES[name].get("gateway_balance", "affinity") == "affinity"
+    parts = sections(rendered[name]["cfg"])
+    expected = tier_expectations(name)
+    assert "backend vllm_Qwen3-4B_fast" in parts  # '+' is no backend-name character
+    suffix = contract.GATEWAY_UNKEYED_SUFFIX
+    assert sorted(section for section in parts if section.startswith("backend ")) == sorted(
+        f"backend {backend}{extra}" for backend in expected for extra in (["", suffix] if affinity else [""]))
+    for backend, (model, server, _) in expected.items():
+        lines = parts[f"backend {backend}"]
+        assert f'http-check expect string "\\"id\\":\\"{model}\\""' in lines
+        assert [line.split()[1] for line in lines if line.startswith("server ")] == [server]
+        assert ("balance leastconn" in lines) != affinity
+        if affinity:
+            assert [line for line in parts[f"backend {backend}{suffix}"] if line.startswith("server ")] == [
+                f"server {server} 127.0.0.1:{line.split(':')[-1]} track {backend}/{server}"
+                for line in lines if line.startswith("server ")]
+    front = parts["frontend claude_code"]
+    rules = [line for line in front if line.startswith("http-request ")]
+    wait = next(i for i, line in enumerate(rules) if line.startswith("http-request wait-for-body"))
+    assert rules[wait + 1] == "http-request set-var(txn.fleet_model) req.body,json_query('$.model')"
+    refusal = rules[wait + 2]
+    names = " ".join(model for model, _, _ in expected.values())
+    assert refusal.startswith("http-request return status 404 content-type application/json lf-string ")
+    assert refusal.endswith(f"if {{ var(txn.fleet_model) -m found }} !{{ var(txn.fleet_model) -m str {names} }}")
+    assert len(rules) == wait + 3
+    message = refusal.split("lf-string '", 1)[1].split("' if ", 1)[0]
+    for model, _, aliases in expected.values():
+        assert f"{'/'.join(aliases)} {model}" in message
+    routes = [line for line in front if line.startswith(("use_backend", "default_backend"))]
+    header = "X-Claude-Code-Session-Id"
+    small = contract.gateway_backend_name(SMALL, SERVED)
+    wanted = ([f"use_backend {small}{suffix} if {{ var(txn.fleet_model) -m str {SMALL} }} "
+               f"!{{ req.hdr({header}) -m len 1: }}"] if affinity else [])
+    wanted.append(f"use_backend {small} if {{ var(txn.fleet_model) -m str {SMALL} }}")
+    if affinity:
+        wanted.append(f"use_backend {contract.GATEWAY_BACKEND}{suffix} unless {{ req.hdr({header}) -m len 1: }}")
+    assert routes == wanted + [f"default_backend {contract.GATEWAY_BACKEND}"]
+
+
 def test_per_user_tokens_map_the_current_users_digests_and_swap_in_the_gateways_token(rendered):
     import hashlib
 
@@ -367,9 +468,11 @@ def test_validate_refuses_bad_input_before_the_templates(name, rendered):
 class Backend:
     """A stand-in vLLM server on 127.0.0.1: records every request it gets, answers 200 with JSON."""
 
-    def __init__(self, port: int, name: str = "backend-a-main"):
+    def __init__(self, port: int, name: str = "backend-a-main", model: str = SERVED):
         self.seen: list[tuple[str, str]] = []
+        self.bodies: list[bytes] = []
         self.name = name
+        self.model = model  # the name its /v1/models lists (changed live to fail its health check)
         backend = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -378,12 +481,11 @@ class Backend:
             def answer(self):
                 backend.seen.append((self.command, self.path))
                 length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
+                backend.bodies.append(self.rfile.read(length) if length else b"")
                 delay = re.search(r"[?&]delay=([0-9.]+)", self.path)
                 if delay:  # a long request (a streamed answer) held open for that many seconds
                     time.sleep(float(delay.group(1)))
-                body = json.dumps({"object": "list", "data": [{"id": SERVED, "object": "model"}],
+                body = json.dumps({"object": "list", "data": [{"id": backend.model, "object": "model"}],
                                    "backend": self.path, "server": backend.name}, separators=(",", ":")).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -901,6 +1003,131 @@ def test_a_failed_server_moves_its_conversations_and_only_those(affinity_gateway
 def load_module():
     from conftest import load_plugin
     return load_plugin("plugins/modules/haproxy_server.py", "haproxy_server_module")
+
+
+# ------------------------------------------------------------------------------ tiers on different models (live)
+# Two stand-ins, each listing only its own served name on /v1/models, behind a gateway with served_model_tiers
+# {haiku: SMALL} (affinity, the default): each request goes to the servers of the name in its body's "model".
+SMALL_BACKEND = contract.gateway_backend_name(SMALL, SERVED)
+
+
+@pytest.fixture(scope="module")
+def tier_servers(ports):
+    servers = {f"{host}-main": Backend(ports["tiers"][host], f"{host}-main", model)
+               for host, model in TIER_HOSTS.items()}
+    yield servers
+    for server in servers.values():
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def tiers_gateway(rendered, material, tier_servers, tmp_path_factory, ports):
+    with running(rendered, material, tmp_path_factory, "live_tiers", ports["live_tiers"]):
+        gateway = {"port": ports["live_tiers"], "socket": socket_of(rendered, "live_tiers")}
+        wait_for_status(gateway["socket"], {"tier-big-main": "UP"})
+        wait_for_status(gateway["socket"], {"tier-small-main": "UP"}, SMALL_BACKEND)
+        yield gateway
+
+
+def tier_request(port, body: bytes, marker: str, session: str | None = "tier-session",
+                 path: str = "/v1/messages?beta=true"):
+    headers = {"Content-Type": "application/json"}
+    if session is not None:
+        headers[SESSION_HEADER] = session
+    return request(port, "POST", f"{path}&{marker}", body, headers)
+
+
+def reached_by(servers: dict, marker: str) -> list[str]:
+    return sorted(name for name, server in servers.items() if server.reached(marker))
+
+
+@pytest.mark.parametrize("session", ["tier-session", None], ids=["with-session", "without-session"])
+@pytest.mark.parametrize("path", ["/v1/messages?beta=true", "/v1/messages/count_tokens?beta=true"])
+def test_each_request_reaches_only_the_servers_of_its_model(session, path, tiers_gateway, tier_servers):
+    for model, server in ((SERVED, "tier-big-main"), (SMALL, "tier-small-main")):
+        marker = f"probe=tier-{abs(hash((session, path, model)))}"
+        for _ in range(4):
+            status, _, answer = tier_request(tiers_gateway["port"], json.dumps(
+                {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]}).encode(),
+                marker, session, path)
+            assert status == 200 and json.loads(answer)["server"] == server, (model, answer)
+        assert reached_by(tier_servers, marker) == [server]
+
+
+def test_a_large_body_with_model_first_is_routed_by_it(tiers_gateway, tier_servers):
+    """What Claude Code sends (model is its body's first key, recorded from CLI 2.1.332): 300 KB, far beyond the
+    buffer HAProxy reads the model from (about 15 KiB), reaches the small model's server whole."""
+    body = json.dumps({"model": SMALL, "messages": [{"role": "user", "content": "x" * 300_000}],
+                       "max_tokens": 1}).encode()
+    status, _, answer = tier_request(tiers_gateway["port"], body, "probe=tier-large-first")
+    assert status == 200 and json.loads(answer)["server"] == "tier-small-main"
+    assert reached_by(tier_servers, "probe=tier-large-first") == ["tier-small-main"]
+    assert tier_servers["tier-small-main"].bodies[-1] == body
+
+
+@pytest.mark.parametrize("body,why", [
+    (json.dumps({"messages": [{"role": "user", "content": "x" * 300_000}], "model": SMALL}).encode(),
+     "model beyond the buffer"),
+    (b"model: " + SMALL.encode(), "not JSON"),
+    (json.dumps({"max_tokens": 1}).encode(), "no model"),
+], ids=["model-last-300k", "not-json", "no-model"])
+def test_a_body_whose_model_cannot_be_read_goes_to_served_model_name(body, why, tiers_gateway, tier_servers):
+    """Documented: such a request goes to served_model_name's servers (which check the name themselves: vLLM
+    answers 404 for another); it never gets another tier's server by accident."""
+    marker = f"probe=tier-unread-{abs(hash(why))}"
+    status, _, answer = tier_request(tiers_gateway["port"], body, marker)
+    assert status == 200 and json.loads(answer)["server"] == "tier-big-main", why
+    assert reached_by(tier_servers, marker) == ["tier-big-main"]
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "qwen3-4b+fast", "", 'evil"}', 7])
+def test_a_model_no_tier_uses_gets_the_gateways_404_naming_the_served_models(model, tiers_gateway, tier_servers):
+    marker = f"probe=tier-unknown-{abs(hash(str(model)))}"
+    for session in ("tier-session", None):
+        status, headers, answer = tier_request(tiers_gateway["port"], json.dumps(
+            {"model": model, "max_tokens": 1, "messages": []}).encode(), marker, session)
+        assert status == 404 and headers.get("content-type") == "application/json", answer
+        error = json.loads(answer)
+        assert error["type"] == "error" and error["error"]["type"] == "not_found_error"
+        message = error["error"]["message"]
+        assert message.startswith(f"model: {model} is not served by this fleet"), message
+        assert f"sonnet/opus {SERVED}, haiku {SMALL}" in message, message
+    assert reached_by(tier_servers, marker) == []
+
+
+def test_bodiless_requests_go_to_served_model_name(tiers_gateway, tier_servers):
+    status, _, answer = request(tiers_gateway["port"], "GET", "/v1/models?probe=tier-models")
+    assert status == 200 and json.loads(answer)["data"][0]["id"] == SERVED
+    assert reached_by(tier_servers, "probe=tier-models") == ["tier-big-main"]
+
+
+def test_each_backends_health_check_requires_its_own_name(tiers_gateway, tier_servers):
+    """The small model's server starts listing another name: its own backend takes it out (its requests then get
+    503, never the big model's server); the big model's backend is untouched. Back to its name: back in."""
+    small = tier_servers["tier-small-main"]
+    small.model = SERVED  # the other tier's name is not this backend's
+    try:
+        wait_for_status(tiers_gateway["socket"], {"tier-small-main": "DOWN"}, SMALL_BACKEND)
+        assert statuses(tiers_gateway["socket"]) == {"tier-big-main": "UP"}
+        status, _, _ = tier_request(tiers_gateway["port"], json.dumps({"model": SMALL}).encode(), "probe=tier-down")
+        assert status == 503 and reached_by(tier_servers, "probe=tier-down") == []
+    finally:
+        small.model = SMALL
+        wait_for_status(tiers_gateway["socket"], {"tier-small-main": "UP"}, SMALL_BACKEND)
+
+
+def test_the_vllm_roles_drain_works_in_a_tiers_backend(tiers_gateway, tier_servers, monkeypatch):
+    """The vllm role drains an instance in gateway_backend_name(its served name): the small model's server."""
+    haproxy_module = load_module()
+    path = tiers_gateway["socket"]
+    for state, status in (("drain", "DRAIN"), ("ready", "UP")):
+        result = run_module(monkeypatch, haproxy_module.main, {"socket": path, "backend": SMALL_BACKEND,
+                                                               "server": "tier-small-main", "state": state,
+                                                               "timeout": 30})
+        assert not result.failed and result.result["changed"] is True, result.result
+        assert statuses(path, SMALL_BACKEND)["tier-small-main"] == status
+        assert statuses(path, SMALL_BACKEND + contract.GATEWAY_UNKEYED_SUFFIX)["tier-small-main"] == status
+    assert statuses(path) == {"tier-big-main": "UP"}
 
 
 # ------------------------------------------------------------------------------------------ Prometheus exporter
