@@ -16,7 +16,8 @@ cached, so a second run costs seconds:
   a Docker engine (Debian's ``docker.io``, started in the background when none
   answers) and the Debian 12 / 13 systemd base images, built with debootstrap because no
   image registry is reachable, plus a Debian 12 image with the vllm role's install already done
-  (for the fleet scenarios' GPU hosts). Images are rebuilt only when their recipe changes.
+  (for the fleet scenarios' GPU hosts) and Debian 12 / 13 images with Node.js and npm (for their
+  workstations). Images are rebuilt only when their recipe changes.
 """
 
 from __future__ import annotations
