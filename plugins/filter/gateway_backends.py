@@ -56,9 +56,9 @@ def _described(backend):
 def gateway_tier_problems(servers, served_model_name, served_model_tiers=None, balance="affinity",
                           group="gpu_hosts"):
     """Each served name needs a server, each server a name the fleet asks for, each name its own backend."""
-    problems = served_model_tiers_problems(served_model_tiers)
-    if problems or served_model_name_problem(served_model_name):
-        return problems  # the names themselves are wrong: the rules name them
+    if served_model_tiers_problems(served_model_tiers) or served_model_name_problem(served_model_name):
+        return []  # the names themselves are wrong: the contract's rules name them (the gateway's preflight runs them)
+    problems = []
     backends = gateway_backends(servers, served_model_name, served_model_tiers)
     names = [backend["model"] for backend in backends]
     for backend in backends:

@@ -71,8 +71,11 @@ def test_names_that_share_a_backend_are_refused_once():
         == problems
 
 
-def test_bad_tiers_are_named_once_and_nothing_else_is_guessed():
-    problems = backends.gateway_tier_problems(servers(), BIG, {"fast": SMALL})
+def test_bad_tiers_are_left_to_the_contract_rule_and_nothing_else_is_guessed():
+    """The gateway's preflight runs the contract's served_model_tiers rule: named once, there, not here again."""
+    assert backends.gateway_tier_problems(servers(), BIG, {"fast": SMALL}) == []
+    preflight = load_plugin("plugins/filter/preflight.py", "preflight_for_tiers")
+    problems = [p for p in preflight.fleet_rule_problems({"served_model_tiers": {"fast": SMALL}}) if p]
     assert len(problems) == 1 and "served_model_tiers has the key 'fast'" in problems[0]
 
 
