@@ -1,8 +1,9 @@
 """Every Molecule scenario under molecule/, each a full `molecule test` in systemd containers.
 
-The scenarios run in MOLECULE_LANES parallel lanes (default 2; 1 runs them one after another): each
-lane runs its scenarios one after another, the longest first, so the two longest never share a lane
-and the short ones fill the gaps. Lanes start when the first scenario test starts; each test waits
+The scenarios run in MOLECULE_LANES parallel lanes (default 3; 1 runs them one after another): each
+lane runs its scenarios one after another, the longest first, so the longest never share a lane and
+the short ones fill the gaps. Most of a scenario's time is waiting (vLLM starting, systemd, the CLI),
+so three lanes share the 2 cores of the CI machine without slowing each other much. Lanes start when the first scenario test starts; each test waits
 for its own scenario's result. Every scenario has its own containers, network and log.
 
 The output of each run goes to .cache/logs/molecule-<scenario>.log; a failing run shows its tail.
@@ -27,7 +28,7 @@ LOG_DIR = REPO / ".cache" / "logs"
 CACHE = load_plugin("tools/test_assets.py", "fleet_test_assets").default_cache_dir()
 
 # Minutes each scenario took on a 2-core machine run alone (CI figures): only used to balance the lanes.
-EXPECTED_MINUTES = {"rollout": 29, "e2e": 21, "vllm": 13, "datacenter": 12, "claude_code": 5, "nvidia_cuda": 5}
+EXPECTED_MINUTES = {"rollout": 29, "e2e": 21, "vllm": 13, "datacenter": 10, "claude_code": 5, "nvidia_cuda": 5}
 
 
 def scenarios():
@@ -87,7 +88,7 @@ class Lanes:
 
 @pytest.fixture(scope="session")
 def lanes():
-    return Lanes(scenarios(), int(os.environ.get("MOLECULE_LANES", "2")))
+    return Lanes(scenarios(), int(os.environ.get("MOLECULE_LANES", "3")))
 
 
 @pytest.mark.molecule
