@@ -300,15 +300,24 @@ def ensure_vllm_image(wheelhouse: Path, requirements: list[str]) -> None:
         return
     log(f"building {image}: {VLLM_IMAGE_BASE} with the vllm role's installs of {', '.join(requirements)} "
         "(a few minutes)")
-    started = time.monotonic()
-    container = f"fleet-vllm-image-{os.getpid()}"
-    try:
-        run(["docker", "run", "-d", "--name", container, "-v", f"{wheelhouse}:/opt/wheelhouse:ro",
-             f"{VLLM_IMAGE_BASE}:latest", "sleep", "infinity"], stdout=subprocess.DEVNULL)
+
+    def install(container: str) -> None:
         run([str(VENV / "bin" / "ansible-playbook"), "-i", f"{container},", "-c", "community.docker.docker",
              "-e", json.dumps({"vllm_image_versions": versions}), str(VLLM_IMAGE_PLAYBOOK)],
             env=tool_env(), cwd=REPO)
         run(["docker", "exec", container, "sh", "-c", "apt-get clean; rm -rf /var/lib/apt/lists/*"])
+
+    commit_image(VLLM_IMAGE_BASE, image, recipe, install, ["-v", f"{wheelhouse}:/opt/wheelhouse:ro"])
+
+
+def commit_image(base: str, image: str, recipe: str, prepare, run_args: list[str] | None = None) -> None:
+    """`image`, labelled with `recipe`: a container of `base` (systemd not started), `prepare(container)`, committed."""
+    started = time.monotonic()
+    container = f"fleet-image-build-{os.getpid()}"
+    try:
+        run(["docker", "run", "-d", "--name", container, *(run_args or []), f"{base}:latest", "sleep", "infinity"],
+            stdout=subprocess.DEVNULL)
+        prepare(container)
         run(["docker", "stop", "-t", "1", container], stdout=subprocess.DEVNULL)
         run(["docker", "commit", "--change", 'CMD ["/lib/systemd/systemd"]',
              "--change", f"LABEL fleet.recipe={recipe}", container, image], stdout=subprocess.DEVNULL)
@@ -352,21 +361,11 @@ def ensure_workstation_images() -> None:
         if image_label(image) == recipe:
             continue
         log(f"building {image}: {base} with {', '.join(packages)} (about a minute)")
-        started = time.monotonic()
-        container = f"fleet-workstation-image-{os.getpid()}"
-        try:
-            run(["docker", "run", "-d", "--name", container, f"{base}:latest", "sleep", "infinity"],
-                stdout=subprocess.DEVNULL)
-            # As the role's ansible.builtin.package does it: apt's defaults (recommended packages too).
-            run(["docker", "exec", "-e", "DEBIAN_FRONTEND=noninteractive", container, "sh", "-c",
-                 f"apt-get update -qq && apt-get install -y -qq {' '.join(packages)} >/dev/null && "
-                 "apt-get clean && rm -rf /var/lib/apt/lists/*"])
-            run(["docker", "stop", "-t", "1", container], stdout=subprocess.DEVNULL)
-            run(["docker", "commit", "--change", 'CMD ["/lib/systemd/systemd"]',
-                 "--change", f"LABEL fleet.recipe={recipe}", container, image], stdout=subprocess.DEVNULL)
-        finally:
-            subprocess.run(["docker", "rm", "-f", container], capture_output=True)
-        log(f"built {image} in {time.monotonic() - started:.0f} s")
+        # As the role's ansible.builtin.package does it: apt's defaults (recommended packages too).
+        commit_image(base, image, recipe, lambda container: run(
+            ["docker", "exec", "-e", "DEBIAN_FRONTEND=noninteractive", container, "sh", "-c",
+             f"apt-get update -qq && apt-get install -y -qq {' '.join(packages)} >/dev/null && "
+             "apt-get clean && rm -rf /var/lib/apt/lists/*"]))
 
 
 # --------------------------------------------------------------------------- commands
