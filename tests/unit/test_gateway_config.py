@@ -888,6 +888,18 @@ class Held:
         return self.server
 
 
+def held_arrivals(servers: dict) -> int:
+    """How many long (held) requests the stand-ins have received so far."""
+    return sum(1 for server in servers.values() for _, path in list(server.seen) if "delay=" in path)
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
 def homes(gateway: dict, count: int, prefix: str) -> dict[str, str]:
     """count conversations and the server each one's requests go to on a quiet gateway."""
     return {f"{prefix}-{i}": served_by(settled(gateway), f"{prefix}-{i}") for i in range(count)}
@@ -909,10 +921,11 @@ def test_affinity_keeps_each_conversation_on_one_server_and_spreads_conversation
 def test_requests_without_the_header_go_by_least_connections(affinity_gateway, trio):
     """Not HAProxy's fallback for a missing hash header (round robin): two servers busy, the idle one takes all."""
     port = affinity_gateway["port"]
-    held = [Held(port, None, 2.5)]
-    time.sleep(0.3)
-    held.append(Held(port, None, 2.5))
-    time.sleep(0.3)
+    held = []
+    for _ in range(2):  # each held request on its server before the next is sent (no fixed sleep: loaded CI)
+        arrived = held_arrivals(trio)
+        held.append(Held(port, None, 6.0))
+        wait_until(lambda: held_arrivals(trio) > arrived)
     quick = [served_by(port) for _ in range(5)] + [served_by(port, "")]  # an empty header is no conversation
     busy = {request.result() for request in held}
     assert len(busy) == 2 and len(set(quick)) == 1 and set(quick).isdisjoint(busy), (busy, quick)
