@@ -1,9 +1,9 @@
 """Every Molecule scenario under molecule/, each a full `molecule test` in systemd containers.
 
-The scenarios run in MOLECULE_LANES parallel lanes (default 3; 1 runs them one after another): each
-lane runs its scenarios one after another, the longest first, so the longest never share a lane and
-the short ones fill the gaps. Most of a scenario's time is waiting (vLLM starting, systemd, the CLI),
-so three lanes share the 2 cores of the CI machine without slowing each other much. Lanes start when the first scenario test starts; each test waits
+The scenarios run in MOLECULE_LANES parallel lanes (default 2; 1 runs them one after another): each
+lane runs its scenarios one after another, the longest first, so the two longest never share a lane
+and the short ones fill the gaps. Three lanes were measured on the 2-core CI machine (2026-12-01): no
+faster, the scenarios are CPU-bound (e2e took over 40 minutes instead of 33). Lanes start when the first scenario test starts; each test waits
 for its own scenario's result. Every scenario has its own containers, network and log.
 
 The output of each run goes to .cache/logs/molecule-<scenario>.log; a failing run shows its tail.
@@ -88,7 +88,7 @@ class Lanes:
 
 @pytest.fixture(scope="session")
 def lanes():
-    return Lanes(scenarios(), int(os.environ.get("MOLECULE_LANES", "3")))
+    return Lanes(scenarios(), int(os.environ.get("MOLECULE_LANES", "2")))
 
 
 @pytest.mark.molecule
