@@ -1247,18 +1247,23 @@ def vllm_message(content, stop_reason="end_turn"):
 HERMES_TEXT = '<tool_call>\n{"name": "Bash", "arguments": {"command": "echo hi"}}\n</tool_call>'
 
 
-def diagnose_tools(tmp_path, capsys, answer):
-    ToolServer.tool_answer, ToolServer.bodies = answer, []
-    httpd = serve(ToolServer)
+def diagnose_against(server_class, tmp_path, capsys, **env):
+    """The doctor's JSON report (and exit code) for settings whose base URL is a live `server_class` stand-in."""
+    httpd = serve(server_class)
     try:
         url = "http://127.0.0.1:{}".format(httpd.server_address[1])
-        path = write(tmp_path / "settings.json", settings(ANTHROPIC_BASE_URL=url))
+        path = write(tmp_path / "settings.json", settings(ANTHROPIC_BASE_URL=url, **env))
         code = doctor.main(["--settings", str(path), "--managed", str(tmp_path / "none"), "--no-project", "--json"],
                            environ={})
-        report = json.loads(capsys.readouterr().out)
+        return code, json.loads(capsys.readouterr().out)
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def diagnose_tools(tmp_path, capsys, answer):
+    ToolServer.tool_answer, ToolServer.bodies = answer, []
+    code, report = diagnose_against(ToolServer, tmp_path, capsys)
     found = [f for f in report["findings"] if f["id"] == "server.tool_call"]
     return code, report, found[0] if found else None
 
@@ -1377,19 +1382,8 @@ class TierServer(BaseHTTPRequestHandler):
 
 def diagnose_tiers(tmp_path, capsys, served=(SERVED, SMALL), listed=(SERVED, SMALL), **tiers):
     TierServer.served, TierServer.listed, TierServer.asked = served, listed, []
-    httpd = serve(TierServer)
-    try:
-        url = "http://127.0.0.1:{}".format(httpd.server_address[1])
-        env = dict({"ANTHROPIC_BASE_URL": url}, **{"ANTHROPIC_DEFAULT_{}_MODEL".format(tier.upper()): name
-                                                   for tier, name in tiers.items()})
-        path = write(tmp_path / "settings.json", settings(**env))
-        code = doctor.main(["--settings", str(path), "--managed", str(tmp_path / "none"), "--no-project", "--json"],
-                           environ={})
-        report = json.loads(capsys.readouterr().out)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-    return code, report
+    return diagnose_against(TierServer, tmp_path, capsys, **{"ANTHROPIC_DEFAULT_{}_MODEL".format(tier.upper()): name
+                                                             for tier, name in tiers.items()})
 
 
 def test_each_tiers_name_is_checked_on_the_server(tmp_path, capsys):
